@@ -1,0 +1,279 @@
+//! The [`Store`] trait: durable, encrypted storage of credentials and the cross-process refresh
+//! lease that makes a refresh happen exactly once.
+//!
+//! Every backend (embedded SQLite, Redis) implements this trait and must pass the conformance
+//! suite in [`crate::conformance`] (feature `conformance`).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::token::TokenSet;
+
+/// The lifecycle state of a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// The stored token set is usable or can be refreshed.
+    #[default]
+    Valid,
+    /// A refresh is in flight.
+    Refreshing,
+    /// Transient failures: waiting before the next attempt.
+    BackingOff,
+    /// Refresh cannot help: a human or a login method must act.
+    NeedsReauth,
+    /// Switched off by an operator or by a configuration error.
+    Disabled,
+}
+
+impl CredentialState {
+    /// The snake_case name used in APIs and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Valid => "valid",
+            CredentialState::Refreshing => "refreshing",
+            CredentialState::BackingOff => "backing_off",
+            CredentialState::NeedsReauth => "needs_reauth",
+            CredentialState::Disabled => "disabled",
+        }
+    }
+
+    /// Parses [`CredentialState::as_str`] output.
+    pub fn parse(text: &str) -> Option<CredentialState> {
+        Some(match text {
+            "valid" => CredentialState::Valid,
+            "refreshing" => CredentialState::Refreshing,
+            "backing_off" => CredentialState::BackingOff,
+            "needs_reauth" => CredentialState::NeedsReauth,
+            "disabled" => CredentialState::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for CredentialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Non-secret bookkeeping about a credential, shared by every process using the store.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// Lifecycle state.
+    pub state: CredentialState,
+    /// When the last successful refresh was stored.
+    pub last_refresh_at: Option<Timestamp>,
+    /// Consecutive failed refresh attempts.
+    pub failures: u32,
+    /// Why the credential is not plainly valid (never contains a secret).
+    pub reason: Option<String>,
+    /// Earliest time the next refresh may be attempted (backoff), if any.
+    pub next_attempt_at: Option<Timestamp>,
+}
+
+/// A credential as stored: its token set, generation and status.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    /// The credential's name.
+    pub name: String,
+    /// Bumped by every stored token set; starts at 1.
+    pub generation: u64,
+    /// The current tokens.
+    pub tokens: TokenSet,
+    /// Bookkeeping.
+    pub status: CredentialStatus,
+}
+
+/// What can be listed without unsealing a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialSummary {
+    /// The credential's name.
+    pub name: String,
+    /// The current generation.
+    pub generation: u64,
+    /// When the current access token expires.
+    pub expires_at: Timestamp,
+    /// Bookkeeping.
+    pub status: CredentialStatus,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Stored as this generation.
+    Written {
+        /// The new generation.
+        generation: u64,
+    },
+    /// Not stored: the stored generation was not the expected one, or the writer's lease was
+    /// taken over by someone else (fencing).
+    Conflict {
+        /// The generation in the store now (0 when nothing is stored).
+        current_generation: u64,
+    },
+}
+
+/// A held refresh lease: while it is held, no other process using the same store refreshes
+/// the credential.
+pub struct Lease {
+    /// The credential's name.
+    pub name: String,
+    /// Random identity of the holder.
+    pub owner: String,
+    /// Monotonic counter bumped by every acquisition; writes under the lease are fenced by it.
+    pub fence: u64,
+    /// When the lease expires unless renewed.
+    pub expires_at: Timestamp,
+    /// True when the previous holder never released its lease (it crashed or hung, possibly in
+    /// the middle of a refresh).
+    pub took_over_abandoned: bool,
+    /// Backend-specific resources released with the lease (e.g. an OS file lock).
+    pub guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("fence", &self.fence)
+            .field("expires_at", &self.expires_at)
+            .field("took_over_abandoned", &self.took_over_abandoned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of trying to take a refresh lease.
+#[derive(Debug)]
+pub enum LeaseAttempt {
+    /// The lease is ours.
+    Acquired(Lease),
+    /// Someone else holds it until at least this time.
+    Busy {
+        /// When the other holder's lease expires unless renewed.
+        held_until: Timestamp,
+    },
+}
+
+/// Why a store operation failed. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an I/O error.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A record could not be decrypted: wrong key, or the data was tampered with.
+    #[error("cannot decrypt stored {kind} `{name}`: {reason}")]
+    Decrypt {
+        /// The record kind.
+        kind: &'static str,
+        /// The record name.
+        name: String,
+        /// Why (wrong key, unknown key id, corrupt).
+        reason: String,
+    },
+    /// The stored data is not in a format this version understands.
+    #[error("stored data is corrupt or from an unknown version: {0}")]
+    Corrupt(String),
+    /// A name that cannot be stored.
+    #[error("invalid credential name {0:?}: use 1-128 characters of letters, digits, '.', '_', '-'")]
+    InvalidName(String),
+    /// Anything else, with its source.
+    #[error("{message}")]
+    Other {
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    /// An [`StoreError::Unavailable`] with a source.
+    pub fn unavailable(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Checks a credential or record name: 1-128 characters of ASCII letters, digits, `.`, `_`, `-`.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.chars().take(64).collect()))
+    }
+}
+
+/// Durable, encrypted storage of credentials, shared by every process and replica.
+///
+/// Implementations are safe for concurrent use. Secrets are sealed at rest; the associated data
+/// of each sealed value binds it to its kind and name.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Loads a credential, or `None` when nothing is stored under `name`.
+    async fn load(&self, name: &str) -> Result<Option<StoredCredential>, StoreError>;
+
+    /// Lists every stored credential without unsealing secrets.
+    async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError>;
+
+    /// Stores `tokens` under `name` whatever is there (import, login): the generation becomes
+    /// the stored one plus one, and the status is reset to valid.
+    async fn put(&self, name: &str, tokens: &TokenSet, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Stores `tokens` only if the stored generation is `expected_generation` (0: nothing stored)
+    /// and, when `fence` is given, the refresh lease still carries that fence. The status is reset
+    /// to valid with `last_refresh_at = now`. The write is durable when this returns.
+    async fn compare_and_put(
+        &self,
+        name: &str,
+        expected_generation: u64,
+        fence: Option<u64>,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Replaces the status of a stored credential; does nothing when nothing is stored.
+    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError>;
+
+    /// Deletes a credential; returns whether something was deleted.
+    async fn delete(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Tries to take the refresh lease of `name` for `ttl`, without waiting.
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt, StoreError>;
+
+    /// Releases a lease taken with [`Store::try_acquire_lease`]. Releasing a lease that was
+    /// taken over by someone else does nothing.
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError>;
+
+    /// Waits until the generation of `name` may have moved past `seen_generation`, or at most
+    /// `timeout`. Backends with notifications return as soon as a change is published; the
+    /// default polls.
+    async fn wait_for_change(&self, name: &str, seen_generation: u64, timeout: Duration) {
+        let _ = (name, seen_generation);
+        tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
+    }
+}
