@@ -187,7 +187,8 @@ impl ManualClock {
 
     /// Moves time forward by `by` and wakes every sleeper whose deadline has passed.
     pub fn advance(&self, by: Duration) {
-        let now = self.millis.fetch_add(duration_millis(by), Ordering::SeqCst) + duration_millis(by);
+        let now =
+            self.millis.fetch_add(duration_millis(by), Ordering::SeqCst) + duration_millis(by);
         self.changed.send_replace(now);
     }
 
@@ -225,7 +226,10 @@ mod tests {
         assert_eq!((t + Duration::from_millis(1500)).as_millis(), 11_500);
         assert_eq!((t - Duration::from_secs(20)).as_millis(), -10_000);
         assert_eq!(t.saturating_since(Timestamp::from_secs(20)), Duration::ZERO);
-        assert_eq!(Timestamp::from_millis(i64::MAX) + Duration::from_secs(1), Timestamp::from_millis(i64::MAX));
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX) + Duration::from_secs(1),
+            Timestamp::from_millis(i64::MAX)
+        );
     }
 
     #[tokio::test]

@@ -2,18 +2,37 @@
 //!
 //! - [`clock`]: time as an injectable dependency.
 //! - [`token`]: token sets and the lenient token-response parser.
-//! - [`store`]: the storage trait every backend implements, with the refresh lease.
+//! - [`policy`]: when to refresh; [`backoff`]: how long to wait after failures.
+//! - [`error`] and [`www_authenticate`]: classification of token-endpoint and API failures.
+//! - [`grant`]: token requests and OIDC discovery; [`config`]: per-credential settings.
+//! - [`keeper`]: the engine; [`store`]: the storage trait with the refresh lease;
+//!   [`events`]: what the engine reports.
 //!
 //! Secrets are [`secrecy::SecretString`]s: redacted in `Debug`, zeroized on drop, readable only
 //! through [`ExposeSecret::expose_secret`].
 
+pub mod backoff;
 pub mod clock;
+pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod error;
+pub mod events;
+pub mod grant;
+pub mod keeper;
+pub mod memory_store;
+pub mod policy;
+pub mod secret_ref;
 pub mod store;
 pub mod token;
+pub mod www_authenticate;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+pub use config::{CredentialConfig, CredentialSettings};
+pub use error::{ErrorClass, RefreshError};
+pub use events::{Event, EventSink, Trigger};
+pub use keeper::{AccessToken, Keeper, KeeperError, KeeperSettings};
+pub use memory_store::MemoryStore;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use store::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,

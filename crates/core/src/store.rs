@@ -187,7 +187,9 @@ pub enum StoreError {
     #[error("stored data is corrupt or from an unknown version: {0}")]
     Corrupt(String),
     /// A name that cannot be stored.
-    #[error("invalid credential name {0:?}: use 1-128 characters of letters, digits, '.', '_', '-'")]
+    #[error(
+        "invalid credential name {0:?}: use 1-128 characters of letters, digits, '.', '_', '-'"
+    )]
     InvalidName(String),
     /// Anything else, with its source.
     #[error("{message}")]
@@ -202,7 +204,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// An [`StoreError::Unavailable`] with a source.
-    pub fn unavailable(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         StoreError::Unavailable {
             message: message.into(),
             source: Some(Box::new(source)),
@@ -214,7 +219,9 @@ impl StoreError {
 pub fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {

@@ -53,7 +53,12 @@ impl TokenSet {
 
     /// Builds the token set that replaces `self` after a refresh answered with `response`
     /// at `now`: a refresh token the provider did not send is kept (RFC 6749 §6).
-    pub fn refreshed_with(&self, response: TokenResponse, now: Timestamp, defaults: &ExpiryDefaults) -> TokenSet {
+    pub fn refreshed_with(
+        &self,
+        response: TokenResponse,
+        now: Timestamp,
+        defaults: &ExpiryDefaults,
+    ) -> TokenSet {
         let mut next = response.into_token_set(now, defaults);
         if next.refresh_token.is_none() {
             next.refresh_token = self.refresh_token.clone();
@@ -76,8 +81,14 @@ impl TokenSet {
         let stored = StoredTokenSet {
             access_token: Zeroizing::new(self.access_token.expose_secret().to_owned()),
             token_type: self.token_type.clone(),
-            refresh_token: self.refresh_token.as_ref().map(|s| Zeroizing::new(s.expose_secret().to_owned())),
-            id_token: self.id_token.as_ref().map(|s| Zeroizing::new(s.expose_secret().to_owned())),
+            refresh_token: self
+                .refresh_token
+                .as_ref()
+                .map(|s| Zeroizing::new(s.expose_secret().to_owned())),
+            id_token: self
+                .id_token
+                .as_ref()
+                .map(|s| Zeroizing::new(s.expose_secret().to_owned())),
             scope: self.scope.clone(),
             issued_at: self.issued_at,
             expires_at: self.expires_at,
@@ -94,8 +105,14 @@ impl TokenSet {
         Ok(TokenSet {
             access_token: SecretString::from(stored.access_token.as_str()),
             token_type: stored.token_type,
-            refresh_token: stored.refresh_token.as_ref().map(|s| SecretString::from(s.as_str())),
-            id_token: stored.id_token.as_ref().map(|s| SecretString::from(s.as_str())),
+            refresh_token: stored
+                .refresh_token
+                .as_ref()
+                .map(|s| SecretString::from(s.as_str())),
+            id_token: stored
+                .id_token
+                .as_ref()
+                .map(|s| SecretString::from(s.as_str())),
             scope: stored.scope,
             issued_at: stored.issued_at,
             expires_at: stored.expires_at,
@@ -110,7 +127,10 @@ impl fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("access_token", &"[redacted]")
             .field("token_type", &self.token_type)
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
             .field("scope", &self.scope)
             .field("issued_at", &self.issued_at)
@@ -262,13 +282,23 @@ impl TokenResponse {
     fn from_object(mut map: Map<String, Value>) -> Result<TokenResponse, TokenResponseError> {
         let access_token = match map.remove("access_token") {
             Some(Value::String(s)) if !s.trim().is_empty() => SecretString::from(s),
-            Some(Value::String(_)) | None | Some(Value::Null) => return Err(TokenResponseError::MissingAccessToken),
-            Some(_) => return Err(TokenResponseError::InvalidField { field: "access_token" }),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(TokenResponseError::MissingAccessToken);
+            }
+            Some(_) => {
+                return Err(TokenResponseError::InvalidField {
+                    field: "access_token",
+                });
+            }
         };
         let token_type = match map.remove("token_type") {
             Some(Value::String(s)) if !s.is_empty() => normalize_token_type(&s),
             None | Some(Value::Null) => "Bearer".to_owned(),
-            Some(_) => return Err(TokenResponseError::InvalidField { field: "token_type" }),
+            Some(_) => {
+                return Err(TokenResponseError::InvalidField {
+                    field: "token_type",
+                });
+            }
         };
         let refresh_token = optional_secret(&mut map, "refresh_token")?;
         let id_token = optional_secret(&mut map, "id_token")?;
@@ -347,7 +377,10 @@ fn normalize_token_type(raw: &str) -> String {
     }
 }
 
-fn optional_secret(map: &mut Map<String, Value>, field: &'static str) -> Result<Option<SecretString>, TokenResponseError> {
+fn optional_secret(
+    map: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<SecretString>, TokenResponseError> {
     match map.remove(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(SecretString::from(s))),
         Some(Value::String(_)) | None | Some(Value::Null) => Ok(None),
@@ -406,7 +439,9 @@ fn parse_body_object(body: &[u8]) -> Result<Map<String, Value>, TokenResponseErr
     if trimmed.starts_with('{') || trimmed.starts_with('[') || trimmed.starts_with('"') {
         return match serde_json::from_str::<Value>(trimmed) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(TokenResponseError::MalformedJson("expected an object".into())),
+            Ok(_) => Err(TokenResponseError::MalformedJson(
+                "expected an object".into(),
+            )),
             Err(e) => Err(TokenResponseError::MalformedJson(format!(
                 "{} at line {} column {}",
                 json_error_kind(&e),
@@ -451,7 +486,10 @@ fn embedded_error(map: &Map<String, Value>) -> Option<EmbeddedError> {
     match (error, slack_failure, map.contains_key("access_token")) {
         (Some(code), _, false) | (Some(code), true, _) => Some(EmbeddedError {
             error: code.to_owned(),
-            description: map.get("error_description").and_then(Value::as_str).map(str::to_owned),
+            description: map
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         }),
         (None, true, _) => Some(EmbeddedError {
             error: "unknown_error".to_owned(),
@@ -475,7 +513,10 @@ impl OAuthErrorBody {
     pub fn parse(body: &[u8]) -> Option<OAuthErrorBody> {
         let map = parse_body_object(body).ok()?;
         let error = map.get("error")?.as_str()?.to_owned();
-        let description = map.get("error_description").and_then(Value::as_str).map(str::to_owned);
+        let description = map
+            .get("error_description")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Some(OAuthErrorBody { error, description })
     }
 }

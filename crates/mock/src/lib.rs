@@ -1,1 +1,228 @@
-//! x
+//! A fault-injecting mock OAuth 2.0 identity provider and protected API for authkeeper's tests,
+//! benchmarks and demo.
+//!
+//! [`MockIdp::start`] binds a loopback port and serves, on a tokio task:
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /token` | RFC 6749 `refresh_token` and `client_credentials` grants |
+//! | `POST /revoke` | RFC 7009 revocation (a refresh token revokes its whole grant) |
+//! | `GET /.well-known/openid-configuration` | discovery (also `/.well-known/oauth-authorization-server`) |
+//! | `ANY /api/{*rest}` | protected API (RFC 6750); `/api/admin/...` needs the `admin` scope |
+//! | `GET /admin/stats` | [`Stats`] |
+//! | `GET`, `PUT /admin/knobs` | [`Knobs`] (PUT merges a partial JSON object) |
+//! | `POST /admin/grants` | mint a grant: body `{"client_id"?, "scope"?}`, answer a token response + `grant_id` |
+//! | `POST /admin/grants/{id}/revoke` | revoke a grant and all its tokens |
+//!
+//! Time comes from an injectable [`authkeeper_core::clock::Clock`], shifted by the
+//! `clock_offset_ms` knob, so tests expire tokens with a `ManualClock` instead of sleeping.
+//! Token and secret values are never logged.
+
+#![warn(missing_docs)]
+
+mod admin;
+mod api;
+mod config;
+mod discovery;
+mod error;
+mod state;
+mod token_endpoint;
+mod tokens;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{any, get, post};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::api::ADMIN_SCOPE;
+pub use crate::config::{ErrorStyle, Knobs, MockClient, MockConfig};
+pub use crate::discovery::document as discovery_document;
+pub use crate::error::MockError;
+pub use crate::state::{GrantInfo, IdpState, Stats};
+
+/// How long [`MockIdp::shutdown`] waits for open connections before aborting the server.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The axum router of the mock IdP over `state`, for embedding in another server.
+pub fn router(state: IdpState) -> Router {
+    Router::new()
+        .route("/token", post(token_endpoint::token))
+        .route("/revoke", post(token_endpoint::revoke))
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::configuration),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::configuration),
+        )
+        .route("/api/{*rest}", any(api::resource))
+        .route("/admin/stats", get(admin::stats))
+        .route("/admin/knobs", get(admin::get_knobs).put(admin::put_knobs))
+        .route("/admin/grants", post(admin::mint_grant))
+        .route("/admin/grants/{id}/revoke", post(admin::revoke_grant))
+        .with_state(state)
+}
+
+/// A running mock IdP. Dropping it aborts the server; [`MockIdp::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct MockIdp {
+    state: IdpState,
+    addr: SocketAddr,
+    base_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl MockIdp {
+    /// Binds `config.listen` and starts serving on a tokio task.
+    pub async fn start(config: MockConfig) -> Result<MockIdp, MockError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| MockError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| MockError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let base_url = format!("http://{}", reachable(addr));
+        let state = IdpState::new(config.clock, config.knobs, config.clients, base_url.clone())?;
+        let app = router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::debug!(%base_url, "mock IdP started");
+        Ok(MockIdp {
+            state,
+            addr,
+            base_url,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://HOST:PORT` (an unspecified listen address is shown as loopback).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The issuer, equal to [`MockIdp::base_url`].
+    pub fn issuer(&self) -> &str {
+        self.state.issuer()
+    }
+
+    /// `{base}/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url)
+    }
+
+    /// `{base}/revoke`.
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url)
+    }
+
+    /// `{base}/api/resource`, a protected resource any valid token may read.
+    pub fn api_url(&self) -> String {
+        format!("{}/api/resource", self.base_url)
+    }
+
+    /// The shared state (counters, knobs, grants).
+    pub fn state(&self) -> &IdpState {
+        &self.state
+    }
+
+    /// A snapshot of the counters and grants.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// The current knobs.
+    pub fn knobs(&self) -> Knobs {
+        Knobs::clone(&self.state.knobs())
+    }
+
+    /// Replaces the knobs; fails when a fault rate is outside 0..=1.
+    pub fn set_knobs(&self, knobs: Knobs) -> Result<(), MockError> {
+        self.state.set_knobs(knobs)
+    }
+
+    /// Mints a grant for `client_id` (default: the first client) with `scope` (default: the
+    /// client's default scope) and returns the token response JSON, as `/token` would, plus a
+    /// non-standard `grant_id` field.
+    pub fn mint_grant(
+        &self,
+        client_id: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<serde_json::Value, MockError> {
+        let issued = self.state.mint_grant(client_id, scope)?;
+        Ok(issued.to_json(&self.state.knobs(), true))
+    }
+
+    /// Revokes a grant and every token of it.
+    pub fn revoke_grant(&self, id: &str) -> Result<(), MockError> {
+        self.state.revoke_grant(id)
+    }
+
+    /// Stops accepting connections, lets open requests finish (at most 5 s) and waits for the
+    /// server task.
+    pub async fn shutdown(mut self) -> Result<(), MockError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(Ok(result)) => result.map_err(MockError::Serve),
+            Ok(Err(join)) => Err(MockError::Task(join)),
+            Err(_elapsed) => {
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for MockIdp {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The address a client should dial for a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+/// Runs a mock IdP until ctrl-c, then shuts it down gracefully. Logs its base URL at `info`.
+pub async fn serve_forever(config: MockConfig) -> Result<(), MockError> {
+    let idp = MockIdp::start(config).await?;
+    tracing::info!(base_url = %idp.base_url(), "mock IdP listening; ctrl-c stops it");
+    tokio::signal::ctrl_c().await.map_err(MockError::Signal)?;
+    idp.shutdown().await
+}

@@ -1,0 +1,190 @@
+//! Per-credential configuration, as written in the `[credentials.NAME]` tables of
+//! `authkeeper.toml`, and its validation into [`CredentialSettings`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
+use crate::policy::RefreshPolicy;
+use crate::secret_ref::{SecretRef, SecretRefError};
+use crate::token::ExpiryDefaults;
+
+/// One `[credentials.NAME]` table. Field names are the public config keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The token endpoint URL (or use `issuer`).
+    #[serde(default)]
+    pub token_url: Option<Url>,
+    /// An OIDC issuer whose discovery document names the token endpoint.
+    #[serde(default)]
+    pub issuer: Option<Url>,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The client secret: `env:NAME`, `file:PATH` or (tests only) inline.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// `refresh_token` (default) or `client_credentials`.
+    #[serde(default)]
+    pub grant: GrantKind,
+    /// `client_secret_basic` (default), `client_secret_post` or `none`.
+    #[serde(default)]
+    pub auth_method: ClientAuth,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `audience` parameter, if the provider wants one.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Extra token-request parameters (e.g. `resource`).
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// Base URL of the API this credential is for (used by the broker's proxy).
+    #[serde(default)]
+    pub upstream: Option<Url>,
+    /// Refresh once this share of the lifetime has passed (default 0.8).
+    #[serde(default = "defaults::refresh_at")]
+    pub refresh_at: f64,
+    /// Margin before expiry for clock differences (default 30s, scaled down for short tokens).
+    #[serde(default = "defaults::clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Largest share of the lifetime by which refreshes are spread earlier (default 0.05).
+    #[serde(default = "defaults::jitter")]
+    pub jitter: f64,
+    /// Lifetime assumed when a response has neither `expires_in` nor a JWT `exp` (default 1h).
+    #[serde(default = "defaults::default_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Timeout of one token request (default 10s).
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Refresh in the background before expiry even when nobody asks (default true).
+    #[serde(default = "defaults::heartbeat")]
+    pub heartbeat: bool,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn refresh_at() -> f64 {
+        0.8
+    }
+    pub fn clock_skew() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn jitter() -> f64 {
+        0.05
+    }
+    pub fn default_ttl() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn heartbeat() -> bool {
+        true
+    }
+}
+
+/// A credential's validated settings, secrets resolved.
+#[derive(Debug, Clone)]
+pub struct CredentialSettings {
+    /// How to reach and authenticate at the token endpoint.
+    pub client: OAuthClientConfig,
+    /// Which grant renews the token.
+    pub grant: GrantKind,
+    /// When to refresh.
+    pub policy: RefreshPolicy,
+    /// Expiry assumptions.
+    pub expiry: ExpiryDefaults,
+    /// Whether the background heartbeat refreshes this credential.
+    pub heartbeat: bool,
+}
+
+/// Why a credential's configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Neither or both of `token_url` and `issuer`.
+    #[error("credential `{0}`: set exactly one of `token_url` and `issuer`")]
+    Endpoint(String),
+    /// The client secret reference cannot be resolved.
+    #[error("credential `{name}`: client_secret: {source}")]
+    Secret {
+        /// The credential.
+        name: String,
+        /// Why.
+        #[source]
+        source: SecretRefError,
+    },
+    /// A confidential auth method without a secret.
+    #[error("credential `{0}`: auth_method needs a client_secret (or use auth_method = \"none\")")]
+    MissingSecret(String),
+    /// A value out of range.
+    #[error("credential `{name}`: {message}")]
+    Invalid {
+        /// The credential.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl CredentialConfig {
+    /// Validates the table and resolves its secret.
+    pub fn resolve(&self, name: &str) -> Result<CredentialSettings, ConfigError> {
+        let endpoint = match (&self.token_url, &self.issuer) {
+            (Some(url), None) => Endpoint::TokenUrl(url.clone()),
+            (None, Some(issuer)) => Endpoint::Issuer(issuer.clone()),
+            _ => return Err(ConfigError::Endpoint(name.to_owned())),
+        };
+        let client_secret = match &self.client_secret {
+            Some(reference) => Some(reference.resolve().map_err(|source| ConfigError::Secret {
+                name: name.to_owned(),
+                source,
+            })?),
+            None => None,
+        };
+        if client_secret.is_none() && self.auth_method != ClientAuth::None {
+            return Err(ConfigError::MissingSecret(name.to_owned()));
+        }
+        let policy = RefreshPolicy {
+            refresh_at: self.refresh_at,
+            clock_skew: self.clock_skew,
+            jitter: self.jitter,
+        };
+        policy.validate().map_err(|e| ConfigError::Invalid {
+            name: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        if self.timeout.is_zero() || self.default_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: name.to_owned(),
+                message: "timeout and default_ttl must be positive".into(),
+            });
+        }
+        Ok(CredentialSettings {
+            client: OAuthClientConfig {
+                endpoint,
+                client_id: self.client_id.clone(),
+                client_secret,
+                auth: self.auth_method,
+                scopes: self.scopes.clone(),
+                audience: self.audience.clone(),
+                extra_params: self
+                    .extra_params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                timeout: self.timeout,
+            },
+            grant: self.grant,
+            policy,
+            expiry: ExpiryDefaults {
+                default_lifetime: self.default_ttl,
+            },
+            heartbeat: self.heartbeat,
+        })
+    }
+}

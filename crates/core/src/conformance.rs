@@ -1,0 +1,735 @@
+//! The conformance suite every [`Store`] backend must pass (feature `conformance`).
+//!
+//! Each check is a `pub async fn` taking a fresh, empty store; they panic with a message saying
+//! what the backend got wrong. [`store_conformance_tests!`](crate::store_conformance_tests)
+//! turns them into one `#[test]` each:
+//!
+//! ```ignore
+//! async fn make() -> (MyStore, tempfile::TempDir) { /* a fresh store, and what must outlive it */ }
+//! authkeeper_core::store_conformance_tests!(make);
+//! ```
+//!
+//! The suite only uses the [`Store`] trait. Backend-specific properties (crash release of the
+//! lease, encryption at rest, associated data) belong in the backend's own tests.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+
+use crate::clock::Timestamp;
+use crate::store::{
+    CredentialState, CredentialStatus, Lease, LeaseAttempt, Store, StoreError, WriteOutcome,
+};
+use crate::token::TokenSet;
+
+/// A fixed "now" for the checks.
+pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+/// A shared store under test.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Runs `test` on a fresh multi-threaded runtime (used by the generated tests).
+pub fn run<F: Future<Output = ()>>(test: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start a tokio runtime: {e}"));
+    runtime.block_on(test);
+}
+
+fn ok<T, E: Debug>(result: Result<T, E>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{what} failed: {err:?}"),
+    }
+}
+
+/// A token set with every field filled in; `tag` makes its secrets unique.
+pub fn sample_tokens(tag: &str, issued_at: Timestamp) -> TokenSet {
+    let mut extra = Map::new();
+    extra.insert(
+        "x_extra_secret".to_owned(),
+        Value::String(format!("extra-{tag}-value")),
+    );
+    extra.insert(
+        "nested".to_owned(),
+        json!({ "list": [1, 2.5, null, true], "text": "é✓" }),
+    );
+    TokenSet {
+        access_token: SecretString::from(format!("access-{tag}-token")),
+        token_type: "Bearer".to_owned(),
+        refresh_token: Some(SecretString::from(format!("refresh-{tag}-token"))),
+        id_token: Some(SecretString::from(format!("id-{tag}-token"))),
+        scope: Some("api.read api.write".to_owned()),
+        issued_at,
+        expires_at: issued_at + Duration::from_secs(3600),
+        refresh_token_expires_at: Some(issued_at + Duration::from_secs(86_400)),
+        extra,
+    }
+}
+
+/// Asserts two token sets are equal field by field, secrets included.
+pub fn assert_same_tokens(actual: &TokenSet, expected: &TokenSet) {
+    let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+    assert_eq!(
+        actual.access_token.expose_secret(),
+        expected.access_token.expose_secret(),
+        "access_token"
+    );
+    assert_eq!(actual.token_type, expected.token_type, "token_type");
+    assert_eq!(
+        secret(&actual.refresh_token),
+        secret(&expected.refresh_token),
+        "refresh_token"
+    );
+    assert_eq!(
+        secret(&actual.id_token),
+        secret(&expected.id_token),
+        "id_token"
+    );
+    assert_eq!(actual.scope, expected.scope, "scope");
+    assert_eq!(actual.issued_at, expected.issued_at, "issued_at");
+    assert_eq!(actual.expires_at, expected.expires_at, "expires_at");
+    assert_eq!(
+        actual.refresh_token_expires_at, expected.refresh_token_expires_at,
+        "refresh_token_expires_at"
+    );
+    assert_eq!(actual.extra, expected.extra, "extra");
+}
+
+async fn acquire(
+    store: &SharedStore,
+    name: &str,
+    owner: &str,
+    now: Timestamp,
+    ttl: Duration,
+) -> Lease {
+    match ok(
+        store.try_acquire_lease(name, owner, now, ttl).await,
+        "try_acquire_lease",
+    ) {
+        LeaseAttempt::Acquired(lease) => lease,
+        LeaseAttempt::Busy { held_until } => {
+            panic!("{owner} expected to acquire `{name}`, but it is busy until {held_until}")
+        }
+    }
+}
+
+async fn expect_busy(store: &SharedStore, name: &str, owner: &str, now: Timestamp) -> Timestamp {
+    match ok(
+        store
+            .try_acquire_lease(name, owner, now, Duration::from_secs(30))
+            .await,
+        "try_acquire_lease",
+    ) {
+        LeaseAttempt::Busy { held_until } => held_until,
+        LeaseAttempt::Acquired(lease) => {
+            panic!("{owner} acquired `{name}` while it should be held: {lease:?}")
+        }
+    }
+}
+
+/// Loading a name that was never stored gives `None`; so does listing an empty store.
+pub async fn load_missing_is_none(store: SharedStore) {
+    assert!(ok(store.load("missing").await, "load").is_none());
+    assert!(ok(store.list().await, "list").is_empty());
+}
+
+/// `put` then `load` gives back every field of the token set, and a fresh valid status.
+pub async fn put_then_load_round_trips(store: SharedStore) {
+    let tokens = sample_tokens("rt", T0);
+    assert_eq!(ok(store.put("crm", &tokens, T0).await, "put"), 1);
+    let stored =
+        ok(store.load("crm").await, "load").unwrap_or_else(|| panic!("nothing loaded after put"));
+    assert_eq!(stored.name, "crm");
+    assert_eq!(stored.generation, 1);
+    assert_same_tokens(&stored.tokens, &tokens);
+    assert_eq!(stored.status.state, CredentialState::Valid);
+    assert_eq!(stored.status.failures, 0);
+    assert_eq!(stored.status.reason, None);
+    assert_eq!(stored.status.next_attempt_at, None);
+
+    let minimal = TokenSet {
+        access_token: SecretString::from("only-access"),
+        token_type: "Bearer".to_owned(),
+        refresh_token: None,
+        id_token: None,
+        scope: None,
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(60),
+        refresh_token_expires_at: None,
+        extra: Map::new(),
+    };
+    assert_eq!(ok(store.put("minimal", &minimal, T0).await, "put"), 1);
+    let stored =
+        ok(store.load("minimal").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+    assert_same_tokens(&stored.tokens, &minimal);
+}
+
+/// Generations start at 1 and every write bumps them; `put` resets the status to valid.
+pub async fn generations_increment(store: SharedStore) {
+    assert_eq!(
+        ok(store.put("g", &sample_tokens("1", T0), T0).await, "put"),
+        1
+    );
+    assert_eq!(
+        ok(store.put("g", &sample_tokens("2", T0), T0).await, "put"),
+        2
+    );
+    let failing = CredentialStatus {
+        state: CredentialState::BackingOff,
+        failures: 3,
+        reason: Some("timeout".to_owned()),
+        next_attempt_at: Some(T0 + Duration::from_secs(5)),
+        ..CredentialStatus::default()
+    };
+    ok(store.set_status("g", &failing).await, "set_status");
+    assert_eq!(
+        ok(store.put("g", &sample_tokens("3", T0), T0).await, "put"),
+        3
+    );
+    let stored = ok(store.load("g").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+    assert_eq!(stored.generation, 3);
+    assert_eq!(stored.tokens.access_token.expose_secret(), "access-3-token");
+    assert_eq!(stored.status.state, CredentialState::Valid);
+    assert_eq!(stored.status.failures, 0);
+    assert_eq!(stored.status.reason, None);
+    assert_eq!(stored.status.next_attempt_at, None);
+}
+
+/// `compare_and_put` writes only over the expected generation (0: nothing stored), and resets
+/// the status with `last_refresh_at = now`.
+pub async fn compare_and_put_checks_generation(store: SharedStore) {
+    let first = sample_tokens("a", T0);
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 1, None, &first, T0).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 0
+        }
+    );
+    assert!(
+        ok(store.load("c").await, "load").is_none(),
+        "a conflicting write stored something"
+    );
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 0, None, &first, T0).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Written { generation: 1 }
+    );
+    let failing = CredentialStatus {
+        state: CredentialState::BackingOff,
+        failures: 2,
+        reason: Some("HTTP 503".to_owned()),
+        next_attempt_at: Some(T0 + Duration::from_secs(9)),
+        ..CredentialStatus::default()
+    };
+    ok(store.set_status("c", &failing).await, "set_status");
+    let later = T0 + Duration::from_secs(60);
+    let second = sample_tokens("b", later);
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 0, None, &second, later).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 1
+        }
+    );
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 2, None, &second, later).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 1
+        }
+    );
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 1, None, &second, later).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Written { generation: 2 }
+    );
+    assert_eq!(
+        ok(
+            store.compare_and_put("c", 1, None, &first, later).await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 2
+        }
+    );
+    let stored = ok(store.load("c").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+    assert_eq!(stored.generation, 2);
+    assert_same_tokens(&stored.tokens, &second);
+    assert_eq!(
+        stored.status,
+        CredentialStatus {
+            state: CredentialState::Valid,
+            last_refresh_at: Some(later),
+            failures: 0,
+            reason: None,
+            next_attempt_at: None,
+        }
+    );
+}
+
+/// A lease is exclusive until released; the next holder gets a larger fence.
+pub async fn leases_are_exclusive(store: SharedStore) {
+    let ttl = Duration::from_secs(30);
+    let first = acquire(&store, "l", "owner-a", T0, ttl).await;
+    assert!(
+        !first.took_over_abandoned,
+        "first lease reported a takeover"
+    );
+    assert_eq!(first.name, "l");
+    assert_eq!(first.owner, "owner-a");
+    assert_eq!(first.expires_at, T0 + ttl);
+    let held_until = expect_busy(&store, "l", "owner-b", T0 + Duration::from_secs(1)).await;
+    assert!(
+        held_until > T0 + Duration::from_secs(1),
+        "busy until {held_until}, which has passed"
+    );
+    // Other credentials are independent.
+    let other = acquire(&store, "other", "owner-b", T0, ttl).await;
+    ok(store.release_lease(other).await, "release_lease");
+
+    let first_fence = first.fence;
+    ok(store.release_lease(first).await, "release_lease");
+    let second = acquire(&store, "l", "owner-b", T0 + Duration::from_secs(2), ttl).await;
+    assert!(
+        !second.took_over_abandoned,
+        "a released lease was reported abandoned"
+    );
+    assert!(
+        second.fence > first_fence,
+        "fence did not grow: {} then {}",
+        first_fence,
+        second.fence
+    );
+    ok(store.release_lease(second).await, "release_lease");
+}
+
+/// A lease whose holder hangs past its TTL is taken over with a larger fence; the stale holder's
+/// fenced write is then rejected, and its late release does not free the new holder's lease.
+pub async fn fencing_rejects_stale_holder(store: SharedStore) {
+    assert_eq!(
+        ok(store.put("f", &sample_tokens("0", T0), T0).await, "put"),
+        1
+    );
+    let ttl = Duration::from_secs(10);
+    let stale = acquire(&store, "f", "stale", T0, ttl).await;
+    let later = T0 + Duration::from_secs(11);
+    let fresh = acquire(&store, "f", "fresh", later, ttl).await;
+    assert!(
+        fresh.took_over_abandoned,
+        "taking over an expired lease must report it"
+    );
+    assert!(fresh.fence > stale.fence, "fence did not grow on takeover");
+
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put(
+                    "f",
+                    1,
+                    Some(stale.fence),
+                    &sample_tokens("stale", later),
+                    later
+                )
+                .await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 1
+        },
+        "a write fenced by a taken-over lease must conflict"
+    );
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put(
+                    "f",
+                    1,
+                    Some(fresh.fence),
+                    &sample_tokens("fresh", later),
+                    later
+                )
+                .await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Written { generation: 2 }
+    );
+    ok(
+        store.release_lease(stale).await,
+        "release of a taken-over lease",
+    );
+    expect_busy(&store, "f", "third", later + Duration::from_secs(1)).await;
+    ok(store.release_lease(fresh).await, "release_lease");
+    let third = acquire(&store, "f", "third", later + Duration::from_secs(2), ttl).await;
+    assert!(!third.took_over_abandoned);
+    ok(store.release_lease(third).await, "release_lease");
+    let stored = ok(store.load("f").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+    assert_eq!(
+        stored.tokens.access_token.expose_secret(),
+        "access-fresh-token"
+    );
+}
+
+/// A fenced write needs a lease carrying that fence.
+pub async fn fenced_write_without_lease_conflicts(store: SharedStore) {
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put("nolease", 0, Some(1), &sample_tokens("x", T0), T0)
+                .await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 0
+        }
+    );
+    let lease = acquire(&store, "nolease", "me", T0, Duration::from_secs(30)).await;
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put(
+                    "nolease",
+                    0,
+                    Some(lease.fence + 1),
+                    &sample_tokens("x", T0),
+                    T0
+                )
+                .await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Conflict {
+            current_generation: 0
+        }
+    );
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put("nolease", 0, Some(lease.fence), &sample_tokens("x", T0), T0)
+                .await,
+            "compare_and_put"
+        ),
+        WriteOutcome::Written { generation: 1 }
+    );
+    ok(store.release_lease(lease).await, "release_lease");
+}
+
+/// Many tasks racing for one lease: at most one holder at any time, and fences strictly grow in
+/// the order the lease was held.
+pub async fn concurrent_acquirers_are_exclusive(store: SharedStore) {
+    const TASKS: usize = 50;
+    const ROUNDS: usize = 3;
+    let held = Arc::new(AtomicBool::new(false));
+    let fences = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acquisitions = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (store, held, fences, acquisitions) = (
+            Arc::clone(&store),
+            Arc::clone(&held),
+            Arc::clone(&fences),
+            Arc::clone(&acquisitions),
+        );
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("task-{task}");
+            let mut done = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while done < ROUNDS {
+                assert!(tokio::time::Instant::now() < deadline, "{owner} starved");
+                let attempt = ok(
+                    store
+                        .try_acquire_lease("storm", &owner, T0, Duration::from_secs(3600))
+                        .await,
+                    "try_acquire_lease",
+                );
+                match attempt {
+                    LeaseAttempt::Acquired(lease) => {
+                        assert!(
+                            !held.swap(true, Ordering::SeqCst),
+                            "two holders at once ({owner})"
+                        );
+                        assert!(!lease.took_over_abandoned, "{owner} took over a live lease");
+                        fences
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(lease.fence);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        held.store(false, Ordering::SeqCst);
+                        ok(store.release_lease(lease).await, "release_lease");
+                        acquisitions.fetch_add(1, Ordering::SeqCst);
+                        done += 1;
+                    }
+                    LeaseAttempt::Busy { .. } => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        if let Err(err) = task.await {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+    assert_eq!(acquisitions.load(Ordering::SeqCst), TASKS * ROUNDS);
+    let fences = fences.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences not strictly increasing: {fences:?}"
+    );
+}
+
+/// `set_status` replaces the whole status; it does nothing for a missing credential.
+pub async fn set_status_round_trips(store: SharedStore) {
+    ok(store.put("s", &sample_tokens("s", T0), T0).await, "put");
+    let status = CredentialStatus {
+        state: CredentialState::NeedsReauth,
+        last_refresh_at: Some(T0 - Duration::from_secs(30)),
+        failures: 7,
+        reason: Some("invalid_grant: refresh token revoked".to_owned()),
+        next_attempt_at: Some(T0 + Duration::from_millis(1234)),
+    };
+    ok(store.set_status("s", &status).await, "set_status");
+    let stored = ok(store.load("s").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+    assert_eq!(stored.status, status);
+    assert_eq!(
+        stored.generation, 1,
+        "set_status must not bump the generation"
+    );
+    for state in [
+        CredentialState::Refreshing,
+        CredentialState::BackingOff,
+        CredentialState::Disabled,
+        CredentialState::Valid,
+    ] {
+        let status = CredentialStatus {
+            state,
+            ..CredentialStatus::default()
+        };
+        ok(store.set_status("s", &status).await, "set_status");
+        let stored = ok(store.load("s").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
+        assert_eq!(stored.status, status);
+    }
+    ok(
+        store.set_status("ghost", &status).await,
+        "set_status on a missing credential",
+    );
+    assert!(
+        ok(store.load("ghost").await, "load").is_none(),
+        "set_status created a credential"
+    );
+}
+
+/// `list` shows every credential with its generation, expiry and status, and no secret.
+pub async fn list_shows_summaries_without_secrets(store: SharedStore) {
+    let a = sample_tokens("list-a", T0);
+    let b = sample_tokens("list-b", T0 + Duration::from_secs(100));
+    ok(store.put("b", &b, T0).await, "put");
+    ok(store.put("a", &a, T0).await, "put");
+    ok(store.put("b", &b, T0).await, "put");
+    let status = CredentialStatus {
+        state: CredentialState::Disabled,
+        reason: Some("switched off".to_owned()),
+        ..CredentialStatus::default()
+    };
+    ok(store.set_status("a", &status).await, "set_status");
+    let mut list = ok(store.list().await, "list");
+    list.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (
+            list[0].name.as_str(),
+            list[0].generation,
+            list[0].expires_at
+        ),
+        ("a", 1, a.expires_at)
+    );
+    assert_eq!(list[0].status, status);
+    assert_eq!(
+        (
+            list[1].name.as_str(),
+            list[1].generation,
+            list[1].expires_at
+        ),
+        ("b", 2, b.expires_at)
+    );
+    let shown = format!("{list:?}");
+    for secret in ["access-list-", "refresh-list-", "id-list-", "extra-list-"] {
+        assert!(!shown.contains(secret), "list shows a secret: {shown}");
+    }
+}
+
+/// `delete` removes a credential and says whether there was one.
+pub async fn delete_removes(store: SharedStore) {
+    ok(store.put("d", &sample_tokens("d", T0), T0).await, "put");
+    ok(store.put("keep", &sample_tokens("k", T0), T0).await, "put");
+    assert!(ok(store.delete("d").await, "delete"));
+    assert!(
+        !ok(store.delete("d").await, "delete"),
+        "second delete reported a deletion"
+    );
+    assert!(ok(store.load("d").await, "load").is_none());
+    let names: Vec<String> = ok(store.list().await, "list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, vec!["keep".to_owned()]);
+    assert!(ok(store.load("keep").await, "load").is_some());
+}
+
+/// A lease survives the deletion of its credential with its fence, which never goes back.
+pub async fn fences_survive_delete(store: SharedStore) {
+    ok(store.put("fd", &sample_tokens("fd", T0), T0).await, "put");
+    let lease = acquire(&store, "fd", "a", T0, Duration::from_secs(30)).await;
+    let fence = lease.fence;
+    ok(store.release_lease(lease).await, "release_lease");
+    assert!(ok(store.delete("fd").await, "delete"));
+    let lease = acquire(&store, "fd", "b", T0, Duration::from_secs(30)).await;
+    assert!(
+        lease.fence > fence,
+        "fence went back after delete: {fence} then {}",
+        lease.fence
+    );
+    ok(store.release_lease(lease).await, "release_lease");
+}
+
+/// Every operation refuses names outside `[A-Za-z0-9._-]{1,128}`.
+pub async fn invalid_names_are_rejected(store: SharedStore) {
+    let long = "x".repeat(129);
+    let tokens = sample_tokens("bad", T0);
+    for name in [
+        "",
+        "a/b",
+        "../etc",
+        "with space",
+        "nul\0",
+        "é",
+        long.as_str(),
+    ] {
+        let invalid = |result: Result<(), StoreError>, op: &str| match result {
+            Err(StoreError::InvalidName(_)) => {}
+            other => panic!("{op}({name:?}) gave {other:?}, expected InvalidName"),
+        };
+        invalid(store.load(name).await.map(|_| ()), "load");
+        invalid(store.put(name, &tokens, T0).await.map(|_| ()), "put");
+        invalid(
+            store
+                .compare_and_put(name, 0, None, &tokens, T0)
+                .await
+                .map(|_| ()),
+            "compare_and_put",
+        );
+        invalid(
+            store.set_status(name, &CredentialStatus::default()).await,
+            "set_status",
+        );
+        invalid(store.delete(name).await.map(|_| ()), "delete");
+        invalid(
+            store
+                .try_acquire_lease(name, "me", T0, Duration::from_secs(1))
+                .await
+                .map(|_| ()),
+            "try_acquire_lease",
+        );
+    }
+    assert!(ok(store.list().await, "list").is_empty());
+    let longest = "y".repeat(128);
+    ok(
+        store.put(&longest, &tokens, T0).await,
+        "put with a 128-character name",
+    );
+    ok(
+        store.put("A.b_c-9", &tokens, T0).await,
+        "put with every allowed character",
+    );
+}
+
+/// `wait_for_change` returns by its timeout, and returns once the generation has moved.
+pub async fn wait_for_change_returns(store: SharedStore) {
+    let started = tokio::time::Instant::now();
+    store
+        .wait_for_change("w", 0, Duration::from_millis(100))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "wait_for_change overran its timeout"
+    );
+    ok(store.put("w", &sample_tokens("w", T0), T0).await, "put");
+    let started = tokio::time::Instant::now();
+    store.wait_for_change("w", 0, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "wait_for_change missed a change that had happened"
+    );
+}
+
+/// Distinct names hold distinct values.
+pub async fn names_are_independent(store: SharedStore) {
+    let mut names = HashSet::new();
+    for i in 0..10 {
+        let name = format!("cred-{i}");
+        ok(store.put(&name, &sample_tokens(&name, T0), T0).await, "put");
+        names.insert(name);
+    }
+    for name in &names {
+        let stored = ok(store.load(name).await, "load").unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(
+            stored.tokens.access_token.expose_secret(),
+            &format!("access-{name}-token")
+        );
+    }
+}
+
+/// Generates one `#[test]` per conformance check. `$make` is an async function returning a fresh,
+/// empty store and a guard kept alive until the test ends (e.g. its temporary directory).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:path) => {
+        $crate::store_conformance_tests!(@tests $make;
+            load_missing_is_none,
+            put_then_load_round_trips,
+            generations_increment,
+            compare_and_put_checks_generation,
+            leases_are_exclusive,
+            fencing_rejects_stale_holder,
+            fenced_write_without_lease_conflicts,
+            concurrent_acquirers_are_exclusive,
+            set_status_round_trips,
+            list_shows_summaries_without_secrets,
+            delete_removes,
+            fences_survive_delete,
+            invalid_names_are_rejected,
+            wait_for_change_returns,
+            names_are_independent,
+        );
+    };
+    (@tests $make:path; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::conformance::run(async {
+                    let (store, guard) = $make().await;
+                    let store: $crate::conformance::SharedStore = ::std::sync::Arc::new(store);
+                    $crate::conformance::$check(store).await;
+                    drop(guard);
+                });
+            }
+        )*
+    };
+}

@@ -1,0 +1,178 @@
+//! [`MemoryStore`]: a [`Store`] that keeps everything in process memory.
+//!
+//! For tests, examples and short-lived tools that need no persistence. Leases work between
+//! tasks and Keepers of one process; nothing survives a restart.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::store::{
+    CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError, StoredCredential,
+    WriteOutcome, validate_name,
+};
+use crate::token::TokenSet;
+
+#[derive(Default)]
+struct LeaseRow {
+    owner: String,
+    fence: u64,
+    expires_at: Timestamp,
+    released: bool,
+}
+
+#[derive(Default)]
+struct State {
+    credentials: HashMap<String, StoredCredential>,
+    leases: HashMap<String, LeaseRow>,
+}
+
+/// An in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, name: &str) -> Result<Option<StoredCredential>, StoreError> {
+        validate_name(name)?;
+        Ok(self.state().credentials.get(name).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+        let mut list: Vec<_> = self
+            .state()
+            .credentials
+            .values()
+            .map(|c| CredentialSummary {
+                name: c.name.clone(),
+                generation: c.generation,
+                expires_at: c.tokens.expires_at,
+                status: c.status.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    async fn put(&self, name: &str, tokens: &TokenSet, _now: Timestamp) -> Result<u64, StoreError> {
+        validate_name(name)?;
+        let mut state = self.state();
+        let generation = state.credentials.get(name).map_or(0, |c| c.generation) + 1;
+        state.credentials.insert(
+            name.to_owned(),
+            StoredCredential {
+                name: name.to_owned(),
+                generation,
+                tokens: tokens.clone(),
+                status: CredentialStatus::default(),
+            },
+        );
+        Ok(generation)
+    }
+
+    async fn compare_and_put(
+        &self,
+        name: &str,
+        expected_generation: u64,
+        fence: Option<u64>,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        validate_name(name)?;
+        let mut state = self.state();
+        let current_generation = state.credentials.get(name).map_or(0, |c| c.generation);
+        let fenced_out = fence.is_some_and(|f| state.leases.get(name).is_none_or(|l| l.fence != f));
+        if current_generation != expected_generation || fenced_out {
+            return Ok(WriteOutcome::Conflict { current_generation });
+        }
+        let generation = current_generation + 1;
+        state.credentials.insert(
+            name.to_owned(),
+            StoredCredential {
+                name: name.to_owned(),
+                generation,
+                tokens: tokens.clone(),
+                status: CredentialStatus {
+                    last_refresh_at: Some(now),
+                    ..CredentialStatus::default()
+                },
+            },
+        );
+        Ok(WriteOutcome::Written { generation })
+    }
+
+    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
+        validate_name(name)?;
+        if let Some(credential) = self.state().credentials.get_mut(name) {
+            credential.status = status.clone();
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        validate_name(name)?;
+        Ok(self.state().credentials.remove(name).is_some())
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt, StoreError> {
+        validate_name(name)?;
+        let mut state = self.state();
+        let row = state.leases.entry(name.to_owned()).or_default();
+        let held = row.fence > 0 && !row.released;
+        if held && now < row.expires_at {
+            return Ok(LeaseAttempt::Busy {
+                held_until: row.expires_at,
+            });
+        }
+        row.fence += 1;
+        row.owner = owner.to_owned();
+        row.expires_at = now + ttl;
+        row.released = false;
+        Ok(LeaseAttempt::Acquired(Lease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            fence: row.fence,
+            expires_at: row.expires_at,
+            took_over_abandoned: held,
+            guard: None,
+        }))
+    }
+
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        if let Some(row) = self.state().leases.get_mut(&lease.name)
+            && row.fence == lease.fence
+            && row.owner == lease.owner
+        {
+            row.released = true;
+        }
+        Ok(())
+    }
+}

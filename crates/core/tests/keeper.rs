@@ -1,0 +1,571 @@
+//! The Keeper against the mock identity provider: single-flight, proactive refresh, backoff,
+//! classification, compare-and-refresh and rotation safety.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use authkeeper_core::config::CredentialSettings;
+use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
+use authkeeper_core::policy::RefreshPolicy;
+use authkeeper_core::store::{CredentialSummary, LeaseAttempt};
+use authkeeper_core::{
+    Clock, CredentialState, CredentialStatus, ErrorClass, Event, ExpiryDefaults, ExposeSecret,
+    Keeper, KeeperError, Lease, ManualClock, MemoryStore, SecretString, SharedClock, Store,
+    StoreError, StoredCredential, SystemClock, Timestamp, TokenResponse, TokenSet, WriteOutcome,
+};
+use authkeeper_mock::{Knobs, MockConfig, MockIdp};
+use tokio::sync::mpsc;
+
+fn settings(idp: &MockIdp, grant: GrantKind, auth: ClientAuth, secret: &str) -> CredentialSettings {
+    CredentialSettings {
+        client: OAuthClientConfig {
+            endpoint: Endpoint::TokenUrl(idp.token_url().parse().expect("url")),
+            client_id: "mock-client".into(),
+            client_secret: Some(SecretString::from(secret)),
+            auth,
+            scopes: Vec::new(),
+            audience: None,
+            extra_params: Vec::new(),
+            timeout: Duration::from_secs(5),
+        },
+        grant,
+        policy: RefreshPolicy::default(),
+        expiry: ExpiryDefaults::default(),
+        heartbeat: true,
+    }
+}
+
+async fn start_idp(clock: SharedClock, knobs: Knobs) -> MockIdp {
+    MockIdp::start(MockConfig::default().with_clock(clock).with_knobs(knobs))
+        .await
+        .expect("mock idp starts")
+}
+
+fn knobs(access_ttl_ms: u64) -> Knobs {
+    Knobs {
+        access_ttl_ms,
+        rotate_refresh_tokens: true,
+        reuse_revokes_grant: true,
+        ..Knobs::default()
+    }
+}
+
+/// Mints a grant at the mock and stores it as credential `name`.
+async fn import_grant(idp: &MockIdp, store: &dyn Store, name: &str, now: Timestamp) {
+    let response = idp.mint_grant(None, None).expect("grant");
+    let body = serde_json::to_vec(&response).expect("json");
+    let tokens = TokenResponse::parse_tokens(&body)
+        .expect("tokens")
+        .into_token_set(now, &ExpiryDefaults::default());
+    store.put(name, &tokens, now).await.expect("put");
+}
+
+/// Collects events into a channel.
+fn event_channel() -> (
+    Arc<dyn authkeeper_core::EventSink>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = move |event: &Event<'_>| {
+        let kind = match event {
+            Event::Refreshed { .. } => "refreshed",
+            Event::RefreshFailed { class, .. } => class.as_str(),
+            Event::NeedsReauth { .. } => "needs_reauth_event",
+            Event::Issued { .. } => "issued",
+            Event::Rejected { .. } => "rejected",
+            _ => "other",
+        };
+        let _ = tx.send(kind.to_owned());
+    };
+    (Arc::new(sink), rx)
+}
+
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<String>, wanted: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(kind) = rx.recv().await {
+            if kind == wanted {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {wanted} event within 10 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_tasks_share_one_refresh_per_expiry() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(2000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(Arc::clone(&store), Arc::clone(&clock))
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let heartbeat = keeper.spawn_heartbeat();
+    let http = reqwest::Client::new();
+    let worker_401s = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let run_for = Duration::from_secs(8);
+    let deadline = tokio::time::Instant::now() + run_for;
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        let (keeper, http, api, worker_401s, requests) = (
+            keeper.clone(),
+            http.clone(),
+            idp.api_url(),
+            Arc::clone(&worker_401s),
+            Arc::clone(&requests),
+        );
+        workers.push(tokio::spawn(async move {
+            while tokio::time::Instant::now() < deadline {
+                let token = keeper.token("api", Duration::ZERO).await.expect("token");
+                let status = http
+                    .get(&api)
+                    .bearer_auth(token.secret().expose_secret())
+                    .send()
+                    .await
+                    .expect("api")
+                    .status();
+                requests.fetch_add(1, Ordering::Relaxed);
+                if status == 401 {
+                    worker_401s.fetch_add(1, Ordering::Relaxed);
+                    keeper
+                        .rejected("api", token.generation())
+                        .await
+                        .expect("rejected");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    heartbeat.abort();
+    let stats = idp.stats();
+    let generation = store
+        .load("api")
+        .await
+        .expect("load")
+        .expect("stored")
+        .generation;
+    assert!(requests.load(Ordering::Relaxed) > 1000, "workers ran");
+    assert_eq!(
+        worker_401s.load(Ordering::Relaxed),
+        0,
+        "no worker saw a 401"
+    );
+    assert_eq!(stats.api_unauthorized, 0);
+    assert_eq!(
+        stats.reuse_detected, 0,
+        "no refresh token was redeemed twice"
+    );
+    assert_eq!(stats.grants_revoked, 0, "grant alive");
+    assert_eq!(
+        stats.refresh_calls,
+        generation - 1,
+        "every token-endpoint call became exactly one generation"
+    );
+    // 8 s of 2 s tokens refreshed at ~80%: about 5 expiries, never more than one call each.
+    assert!(
+        (4..=7).contains(&stats.refresh_calls),
+        "refresh calls: {}",
+        stats.refresh_calls
+    );
+}
+
+#[tokio::test]
+async fn refreshes_proactively_when_nobody_asks() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(100_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let (sink, mut events) = event_channel();
+    let keeper = Keeper::builder(Arc::clone(&store), shared)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .event_sink(sink)
+        .build()
+        .expect("keeper");
+    assert!(keeper.warm_up().await.is_empty());
+    let heartbeat = keeper.spawn_heartbeat();
+    clock.advance(Duration::from_secs(50));
+    tokio::task::yield_now().await;
+    assert_eq!(idp.stats().refresh_calls, 0, "not due at 50%");
+    clock.advance(Duration::from_secs(31));
+    next_event(&mut events, "refreshed").await;
+    assert_eq!(idp.stats().refresh_calls, 1);
+    assert_eq!(
+        store
+            .load("api")
+            .await
+            .expect("load")
+            .expect("stored")
+            .generation,
+        2
+    );
+    heartbeat.abort();
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_and_serve_the_cached_token_while_valid() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(100_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(Arc::clone(&store), shared)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let first = keeper.token("api", Duration::ZERO).await.expect("token");
+    idp.set_knobs(Knobs {
+        fault_503_rate: 1.0,
+        retry_after_secs: Some(30),
+        ..knobs(100_000)
+    })
+    .expect("knobs");
+    // Due but valid: a caller needing 10 more seconds gets the cached token despite the outage.
+    clock.advance(Duration::from_secs(85));
+    let served = keeper
+        .token("api", Duration::from_secs(12))
+        .await
+        .expect("cached token while valid");
+    assert_eq!(served.generation(), first.generation());
+    let status = keeper.status("api").expect("status");
+    assert_eq!(status.state, CredentialState::BackingOff);
+    assert!(
+        status.next_attempt_at.expect("next attempt") >= clock.now() + Duration::from_secs(30),
+        "Retry-After honoured"
+    );
+    let calls = idp.stats().token_requests;
+    let _ = keeper
+        .token("api", Duration::from_secs(12))
+        .await
+        .expect("still cached");
+    assert_eq!(idp.stats().token_requests, calls, "no call during backoff");
+    // Expired while backing off: a fast, clear error naming the cause and the next attempt.
+    clock.advance(Duration::from_secs(20));
+    let error = keeper
+        .token("api", Duration::ZERO)
+        .await
+        .expect_err("expired");
+    assert_eq!(error.class(), ErrorClass::Transient);
+    let message = error.to_string();
+    assert!(
+        message.contains("503") && message.contains("next attempt"),
+        "{message}"
+    );
+    // The endpoint recovers: the next attempt after the backoff succeeds.
+    idp.set_knobs(knobs(100_000)).expect("knobs");
+    clock.advance(Duration::from_secs(400));
+    let fresh = keeper
+        .token("api", Duration::ZERO)
+        .await
+        .expect("recovered");
+    assert_eq!(fresh.generation(), first.generation() + 1);
+    assert_eq!(
+        keeper.status("api").expect("status").state,
+        CredentialState::Valid
+    );
+}
+
+#[tokio::test]
+async fn revoked_grant_needs_reauth_without_further_calls() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(10_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let response = idp.mint_grant(None, None).expect("grant");
+    let grant_id = response["grant_id"].as_str().expect("grant id").to_owned();
+    let body = serde_json::to_vec(&response).expect("json");
+    let tokens = TokenResponse::parse_tokens(&body)
+        .expect("tokens")
+        .into_token_set(clock.now(), &ExpiryDefaults::default());
+    store.put("api", &tokens, clock.now()).await.expect("put");
+    let (sink, mut events) = event_channel();
+    let keeper = Keeper::builder(Arc::clone(&store), shared)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .event_sink(sink)
+        .build()
+        .expect("keeper");
+    idp.revoke_grant(&grant_id).expect("revoke");
+    clock.advance(Duration::from_secs(11));
+    let error = keeper
+        .token("api", Duration::ZERO)
+        .await
+        .expect_err("dead grant");
+    assert_eq!(error.class(), ErrorClass::NeedsReauth, "{error}");
+    next_event(&mut events, "needs_reauth_event").await;
+    let calls = idp.stats().token_requests;
+    let again = keeper
+        .token("api", Duration::ZERO)
+        .await
+        .expect_err("still dead");
+    assert!(matches!(again, KeeperError::NeedsReauth { .. }), "{again}");
+    assert_eq!(idp.stats().token_requests, calls, "refresh is not retried");
+    let stored = store.load("api").await.expect("load").expect("stored");
+    assert_eq!(
+        stored.status.state,
+        CredentialState::NeedsReauth,
+        "other processes see it"
+    );
+    assert_eq!(
+        stored.tokens.access_token.expose_secret(),
+        tokens.access_token.expose_secret(),
+        "tokens kept"
+    );
+}
+
+#[tokio::test]
+async fn wrong_client_secret_is_a_configuration_error() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let keeper = Keeper::builder(store, clock)
+        .credential(
+            "cc",
+            settings(
+                &idp,
+                GrantKind::ClientCredentials,
+                ClientAuth::ClientSecretPost,
+                "PLANTED-WRONG-SECRET",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let error = keeper
+        .token("cc", Duration::ZERO)
+        .await
+        .expect_err("bad secret");
+    assert_eq!(error.class(), ErrorClass::Configuration, "{error}");
+    assert!(error.to_string().contains("invalid_client"), "{error}");
+    assert!(
+        !error.to_string().contains("PLANTED"),
+        "secret not echoed: {error}"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_are_issued_on_demand_with_basic_and_post() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
+    for auth in [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost] {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let keeper = Keeper::builder(Arc::clone(&store), Arc::clone(&clock))
+            .credential(
+                "cc",
+                settings(&idp, GrantKind::ClientCredentials, auth, "mock-secret"),
+            )
+            .build()
+            .expect("keeper");
+        let token = keeper
+            .token("cc", Duration::from_secs(30))
+            .await
+            .expect("issued");
+        assert_eq!(token.generation(), 1);
+        let status = reqwest::Client::new()
+            .get(idp.api_url())
+            .bearer_auth(token.secret().expose_secret())
+            .send()
+            .await
+            .expect("api")
+            .status();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(idp.stats().client_credentials_calls, 2);
+}
+
+#[tokio::test]
+async fn compare_and_refresh_refreshes_once_per_rejected_generation() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(600_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(Arc::clone(&store), clock)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let first = keeper.token("api", Duration::ZERO).await.expect("token");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let keeper = keeper.clone();
+        let generation = first.generation();
+        tasks.push(tokio::spawn(async move {
+            keeper.rejected("api", generation).await
+        }));
+    }
+    for task in tasks {
+        let token = task.await.expect("task").expect("newer token");
+        assert_eq!(token.generation(), first.generation() + 1);
+    }
+    assert_eq!(
+        idp.stats().refresh_calls,
+        1,
+        "20 reports of one generation: one refresh"
+    );
+    let stale = keeper
+        .rejected("api", first.generation())
+        .await
+        .expect("newer token");
+    assert_eq!(stale.generation(), first.generation() + 1);
+    assert_eq!(
+        idp.stats().refresh_calls,
+        1,
+        "an old generation's rejection does not refresh"
+    );
+}
+
+#[tokio::test]
+async fn min_ttl_beyond_the_lifetime_is_refused_without_refreshing() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(store, clock)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let error = keeper
+        .token("api", Duration::from_secs(120))
+        .await
+        .expect_err("too long");
+    assert!(
+        matches!(error, KeeperError::MinTtlTooLong { .. }),
+        "{error}"
+    );
+    assert_eq!(idp.stats().refresh_calls, 0);
+    assert!(matches!(
+        keeper.token("nope", Duration::ZERO).await,
+        Err(KeeperError::UnknownCredential(_))
+    ));
+}
+
+/// A store whose conditional writes always fail, to check rotation safety.
+#[derive(Debug, Default)]
+struct UnwritableStore {
+    inner: MemoryStore,
+}
+
+#[async_trait]
+impl Store for UnwritableStore {
+    async fn load(&self, name: &str) -> Result<Option<StoredCredential>, StoreError> {
+        self.inner.load(name).await
+    }
+    async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+        self.inner.list().await
+    }
+    async fn put(&self, name: &str, tokens: &TokenSet, now: Timestamp) -> Result<u64, StoreError> {
+        self.inner.put(name, tokens, now).await
+    }
+    async fn compare_and_put(
+        &self,
+        _: &str,
+        _: u64,
+        _: Option<u64>,
+        _: &TokenSet,
+        _: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        Err(StoreError::Unavailable {
+            message: "disk full".into(),
+            source: None,
+        })
+    }
+    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
+        self.inner.set_status(name, status).await
+    }
+    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete(name).await
+    }
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt, StoreError> {
+        self.inner.try_acquire_lease(name, owner, now, ttl).await
+    }
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        self.inner.release_lease(lease).await
+    }
+}
+
+#[tokio::test]
+async fn a_refreshed_token_is_never_handed_out_before_it_is_stored() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(10_000)).await;
+    let store = Arc::new(UnwritableStore::default());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(store.clone(), shared)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    clock.advance(Duration::from_secs(11));
+    let error = keeper
+        .token("api", Duration::ZERO)
+        .await
+        .expect_err("not durable, not served");
+    assert!(matches!(error, KeeperError::Store { .. }), "{error}");
+    assert_eq!(idp.stats().refresh_success, 1, "the IdP did answer");
+}

@@ -1,0 +1,4 @@
+//! Integration tests of authkeeper-core (one test binary).
+
+mod fixtures;
+mod keeper;
