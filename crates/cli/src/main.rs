@@ -1,1 +1,34 @@
-fn main(){}
+//! The `authkeeper` command: keeps OAuth credentials alive for long-running automations.
+//!
+//! `main` only parses arguments and maps the outcome to an exit code; each command lives in
+//! its own module under `commands/`.
+
+mod cli;
+mod commands;
+mod config;
+mod context;
+mod exit;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(&cli.global, cli.command.default_log_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("authkeeper: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("authkeeper: {error:#}");
+            exit::code_for(&error)
+        }
+    }
+}

@@ -49,6 +49,11 @@ pub struct KeeperSettings {
     pub backoff: Backoff,
     /// Consecutive transient failures after which an endpoint's circuit opens.
     pub breaker_threshold: u32,
+    /// Refresh due tokens in background tasks while serving the cached one (long-running
+    /// processes). When false, a caller finding its token due refreshes it before returning —
+    /// right for short-lived processes such as `authkeeper token`, which must not exit while a
+    /// background refresh is between the provider's answer and the durable write.
+    pub background_refresh: bool,
 }
 
 impl Default for KeeperSettings {
@@ -58,6 +63,7 @@ impl Default for KeeperSettings {
             poll_interval: Duration::from_millis(20),
             backoff: Backoff::default(),
             breaker_threshold: 5,
+            background_refresh: true,
         }
     }
 }
@@ -210,6 +216,8 @@ enum Need {
     NotDue,
     /// A generation newer than this one (the caller's token was rejected).
     NewerThan(u64),
+    /// A token usable for at least this long whose refresh is not due yet.
+    Fresh(Duration),
 }
 
 impl Need {
@@ -218,6 +226,7 @@ impl Need {
             Need::Serves(min_ttl) => current.schedule.serves(now, min_ttl),
             Need::NotDue => !current.schedule.is_due(now),
             Need::NewerThan(generation) => current.generation > generation,
+            Need::Fresh(min_ttl) => current.schedule.serves(now, min_ttl) && !current.schedule.is_due(now),
         }
     }
 
@@ -274,6 +283,7 @@ struct Inner {
     entries: HashMap<Arc<str>, Arc<Entry>>,
     sinks: Vec<SharedSink>,
     schedule_changed: Notify,
+    shutting_down: AtomicBool,
 }
 
 /// The token engine. Cheap to clone; safe for concurrent use.
@@ -386,6 +396,7 @@ impl KeeperBuilder {
                 entries,
                 sinks: self.sinks,
                 schedule_changed: Notify::new(),
+                shutting_down: AtomicBool::new(false),
             }),
         })
     }
@@ -458,6 +469,9 @@ impl Keeper {
             return None;
         }
         if current.schedule.is_due(now) {
+            if !self.inner.settings.background_refresh {
+                return None;
+            }
             self.nudge(entry, now);
         }
         Some(AccessToken {
@@ -467,7 +481,9 @@ impl Keeper {
 
     /// Starts a proactive refresh in the background unless one is pending or backoff forbids it.
     fn nudge(&self, entry: &Arc<Entry>, now: Timestamp) {
-        if now.as_millis() < entry.retry_not_before.load(Ordering::Acquire) {
+        if now.as_millis() < entry.retry_not_before.load(Ordering::Acquire)
+            || self.inner.shutting_down.load(Ordering::Acquire)
+        {
             return;
         }
         if entry.proactive_pending.swap(true, Ordering::AcqRel) {
@@ -511,8 +527,21 @@ impl Keeper {
                 lifetime: current.schedule.lifetime,
             });
         }
-        self.refresh(entry, Need::Serves(min_ttl), Trigger::Demand)
-            .await
+        let need = if self.inner.settings.background_refresh {
+            Need::Serves(min_ttl)
+        } else {
+            Need::Fresh(min_ttl)
+        };
+        self.refresh(entry, need, Trigger::Demand).await
+    }
+
+    /// Stops starting background refreshes and waits for every refresh in flight to finish
+    /// (and be stored). Call before exiting so no rotated refresh token is lost.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        for entry in self.inner.entries.values() {
+            let _flight = entry.flight.lock().await;
+        }
     }
 
     /// Reports that an API rejected the token of `generation` as invalid or expired. Refreshes

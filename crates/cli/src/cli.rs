@@ -1,0 +1,182 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps OAuth credentials alive for long-running automations: refreshes exactly once,
+/// across processes, and never loses a rotated refresh token.
+#[derive(Debug, Parser)]
+#[command(name = "authkeeper", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: ./authkeeper.toml when present].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store file, overriding the config and AUTHKEEPER_STORE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub store: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a valid access token (refreshing it first if needed), like
+    /// `gcloud auth print-access-token`.
+    Token(TokenArgs),
+    /// Store a token response (JSON on stdin) as a credential's current tokens.
+    Import(ImportArgs),
+    /// Show every credential's state (never a secret).
+    Status(StatusArgs),
+    /// Re-encrypt the store with a new key.
+    Rekey(RekeyArgs),
+    /// Run the fault-injecting mock identity provider.
+    MockIdp(MockIdpArgs),
+    /// Show exactly-once refresh at work: 50 workers share one credential against the mock IdP.
+    Demo(DemoArgs),
+    /// Tools for testing authkeeper itself.
+    #[command(hide = true, subcommand)]
+    Debug(DebugCommand),
+}
+
+impl Command {
+    /// The log level used when no filter is configured.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::MockIdp(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 60s, 5m, 1h30m)"))
+}
+
+/// `authkeeper token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The credential.
+    pub name: String,
+    /// The token must stay valid at least this long.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub min_ttl: Duration,
+    /// Print JSON with the token type, expiry and generation.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `authkeeper import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The credential.
+    pub name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `authkeeper status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `authkeeper rekey`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Read the new key (base64 of 32 bytes) from this environment variable instead of
+    /// generating one; required when the current key comes from AUTHKEEPER_KEY.
+    #[arg(long, value_name = "VAR")]
+    pub new_key_env: Option<String>,
+}
+
+/// `authkeeper mock-idp`.
+#[derive(Debug, Args)]
+pub struct MockIdpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
+    /// Access-token lifetime.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub access_ttl: Duration,
+    /// Do not rotate refresh tokens.
+    #[arg(long)]
+    pub no_rotation: bool,
+    /// Do not revoke the grant when a used refresh token is presented again.
+    #[arg(long)]
+    pub no_reuse_detection: bool,
+    /// Accept a used refresh token again within this window.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub reuse_grace: Duration,
+    /// Share of token requests answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_503_rate: f64,
+    /// Added latency of the token endpoint.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub latency: Duration,
+    /// Shift the IdP's clock (milliseconds, may be negative).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_ms: i64,
+}
+
+/// `authkeeper demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to run.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Concurrent workers sharing the credential.
+    #[arg(long, default_value_t = 50)]
+    pub workers: usize,
+    /// Access-token lifetime at the mock IdP.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub ttl: Duration,
+    /// Pause of each worker between API calls.
+    #[arg(long, value_parser = parse_duration, default_value = "5ms")]
+    pub think: Duration,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Hidden testing tools.
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Take a credential's refresh lease and hold it (until killed or for --hold).
+    HoldLease {
+        /// The credential.
+        name: String,
+        /// How long to hold it.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        hold: Duration,
+        /// Lease TTL.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        ttl: Duration,
+    },
+}

@@ -1,0 +1,32 @@
+//! One module per command.
+
+mod debug;
+mod demo;
+mod import;
+mod mock_idp;
+mod rekey;
+mod status;
+mod token;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Token(args) => token::run(&cli.global, args).await,
+        Command::Import(args) => import::run(&cli.global, args).await,
+        Command::Status(args) => status::run(&cli.global, args).await,
+        Command::Rekey(args) => rekey::run(&cli.global, args).await,
+        Command::MockIdp(args) => mock_idp::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Debug(command) => debug::run(&cli.global, command).await,
+    }
+}
+
+/// Seconds from now until `at` (negative when past), for display.
+pub fn seconds_until(at: authkeeper_core::Timestamp) -> f64 {
+    use authkeeper_core::Clock as _;
+    at.millis_since(authkeeper_core::SystemClock::new().now()) as f64 / 1000.0
+}

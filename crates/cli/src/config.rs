@@ -1,0 +1,159 @@
+//! The `authkeeper.toml` file: store settings and credentials.
+//!
+//! Precedence: the file, then environment (`AUTHKEEPER_STORE`, `AUTHKEEPER_KEY`), then flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use authkeeper_core::CredentialConfig;
+use serde::Deserialize;
+
+/// The default config file, looked up in the working directory.
+pub const DEFAULT_CONFIG: &str = "authkeeper.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where credentials are stored.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Broker settings (read by `authkeeper serve`; accepted now so one file serves every version).
+    #[allow(dead_code, reason = "consumed by the broker")]
+    #[serde(default)]
+    pub server: Option<toml::Table>,
+    /// Broker clients (read by `authkeeper serve`).
+    #[allow(dead_code, reason = "consumed by the broker")]
+    #[serde(default)]
+    pub clients: Vec<toml::Table>,
+    /// Credentials by name.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (default).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The SQLite file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A key file (else `AUTHKEEPER_KEY`, else a key file generated beside the store).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path`, or the default file when present, or an empty configuration.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
+        let (path, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Config::default(), path));
+            }
+            Err(error) => return Err(error).with_context(|| format!("cannot read config {}", path.display())),
+        };
+        let config: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        config.validate()?;
+        Ok((config, path))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        match self.store.kind.as_deref() {
+            None | Some("sqlite") => {}
+            Some("redis") => bail!("store kind \"redis\" is not available in this version; use \"sqlite\""),
+            Some(other) => bail!("unknown store kind {other:?}: use \"sqlite\""),
+        }
+        for name in self.credentials.keys() {
+            authkeeper_core::store::validate_name(name).with_context(|| format!("credential name {name:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The store file: flag, then `AUTHKEEPER_STORE`, then `[store] path` (relative to the
+    /// config file), then the user's data directory.
+    pub fn store_path(&self, config_path: &Path, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+        if let Some(path) = flag {
+            return Ok(path.to_path_buf());
+        }
+        if let Some(path) = std::env::var_os("AUTHKEEPER_STORE") {
+            return Ok(PathBuf::from(path));
+        }
+        if let Some(path) = &self.store.path {
+            return Ok(relative_to(config_path, path));
+        }
+        let dir = dirs::data_dir()
+            .context("no data directory for this user: set [store] path or AUTHKEEPER_STORE")?
+            .join("authkeeper");
+        Ok(dir.join("authkeeper.db"))
+    }
+
+    /// The configured key file, relative to the config file.
+    pub fn key_file(&self, config_path: &Path) -> Option<PathBuf> {
+        self.store.key_file.as_ref().map(|p| relative_to(config_path, p))
+    }
+}
+
+fn relative_to(config_path: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match config_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let text = r#"
+            [store]
+            kind = "sqlite"
+            path = "authkeeper.db"
+
+            [server]
+            listen = "127.0.0.1:7878"
+
+            [[clients]]
+            name = "scrapers"
+            key_sha256 = "00"
+            credentials = ["crm"]
+
+            [credentials.crm]
+            token_url = "https://idp.example.com/oauth/token"
+            client_id = "abc"
+            client_secret = "env:CRM_CLIENT_SECRET"
+            grant = "refresh_token"
+            scopes = ["api.read"]
+            upstream = "https://api.example.com"
+            refresh_at = 0.8
+            clock_skew = "30s"
+        "#;
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().expect("valid");
+        let crm = &config.credentials["crm"];
+        assert_eq!(crm.clock_skew, std::time::Duration::from_secs(30));
+        assert_eq!(
+            config.store_path(Path::new("/etc/authkeeper/authkeeper.toml"), None).ok(),
+            Some(PathBuf::from("/etc/authkeeper/authkeeper.db"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let error = toml::from_str::<Config>("[credentials.x]\nclient_id='a'\ntokenurl='x'").expect_err("typo");
+        assert!(error.to_string().contains("tokenurl"), "{error}");
+    }
+}
