@@ -1,0 +1,9 @@
+//! Integration tests of the `authkeeper` command (one test binary): real OS processes, real
+//! sockets, short token lifetimes.
+
+mod bad_input;
+mod cross_process;
+mod demo;
+mod oidc_smoke;
+mod secrets;
+mod support;
