@@ -280,7 +280,8 @@ struct Inner {
     clock: SharedClock,
     owner: String,
     settings: KeeperSettings,
-    entries: HashMap<Arc<str>, Arc<Entry>>,
+    /// Fixed at build time; foldhash keeps the lookup on the fast path cheap.
+    entries: HashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>,
     sinks: Vec<SharedSink>,
     schedule_changed: Notify,
     shutting_down: AtomicBool,
@@ -355,7 +356,7 @@ impl KeeperBuilder {
                 })?,
         };
         let mut breakers: HashMap<String, Arc<CircuitBreaker>> = HashMap::new();
-        let mut entries = HashMap::new();
+        let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
         for (name, settings) in self.credentials {
             crate::store::validate_name(&name).map_err(|source| KeeperError::Store {
                 name: name.clone(),
