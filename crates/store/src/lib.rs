@@ -1,1 +1,42 @@
-//! x
+//! authkeeper-store: the encrypted stores of authkeeper.
+//!
+//! - [`seal`]: XChaCha20-Poly1305 sealing of secrets, bound to their record kind and name, with
+//!   a [`Keyring`] for key rotation.
+//! - [`key`]: where the key comes from (`AUTHKEEPER_KEY`, a key file, or one generated beside
+//!   the store).
+//! - [`sqlite`]: [`SqliteStore`], the embedded [`authkeeper_core::Store`] for one machine.
+//! - [`lock`]: the per-credential OS locks behind the SQLite refresh lease.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), authkeeper_core::StoreError> {
+//! use authkeeper_store::{KeySettings, SqliteStore};
+//!
+//! let (store, origin) = SqliteStore::open_with_settings("authkeeper.db", &KeySettings::from_env(None))?;
+//! if origin.was_generated() {
+//!     eprintln!("generated a new store key in {:?}: back it up", origin.key_file());
+//! }
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod key;
+pub mod lock;
+mod migrations;
+pub mod seal;
+pub mod sqlite;
+
+pub use key::{KeyError, KeyOrigin, KeySettings, ResolvedKey};
+pub use seal::{KeyId, Keyring, SealError, SealKey};
+pub use sqlite::SqliteStore;
+
+impl From<KeyError> for authkeeper_core::StoreError {
+    fn from(err: KeyError) -> Self {
+        authkeeper_core::StoreError::Other {
+            message: "cannot use the store key".to_owned(),
+            source: Some(Box::new(err)),
+        }
+    }
+}

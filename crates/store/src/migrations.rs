@@ -1,0 +1,89 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`.
+//!
+//! Each step runs in the same `BEGIN IMMEDIATE` transaction as the version bump, so concurrent
+//! openers apply it once. A database from a newer version is refused before anything is written.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use authkeeper_core::StoreError;
+
+use crate::sqlite::sql_error;
+
+/// The SQL of each schema version, in order: step `i` upgrades version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: credentials, leases, and a sealed value that checks the key on open.
+    "CREATE TABLE credentials (
+        name TEXT PRIMARY KEY NOT NULL,
+        generation INTEGER NOT NULL CHECK (generation > 0),
+        sealed BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        last_refresh_at INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+        reason TEXT,
+        next_attempt_at INTEGER,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY NOT NULL,
+        owner TEXT NOT NULL,
+        fence INTEGER NOT NULL CHECK (fence > 0),
+        expires_at INTEGER NOT NULL,
+        via_flock INTEGER NOT NULL,
+        released INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Reads the schema version and refuses databases this build cannot use, without writing.
+pub(crate) fn check_version(conn: &Connection) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql_error)?;
+    if version > LATEST {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version} but this authkeeper supports up to {LATEST}: \
+             upgrade authkeeper (the file was left untouched)"
+        )));
+    }
+    if version < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "the database has an invalid schema version {version}"
+        )));
+    }
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(sql_error)?;
+        if tables > 0 {
+            return Err(StoreError::Corrupt(
+                "the file is a SQLite database but not an authkeeper store (it has tables but no schema version)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(version)
+}
+
+/// Applies every missing migration in one immediate transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error)?;
+    let version = check_version(&tx)?;
+    if version == LATEST {
+        return Ok(());
+    }
+    for step in &MIGRATIONS[usize::try_from(version).unwrap_or(0)..] {
+        tx.execute_batch(step).map_err(sql_error)?;
+    }
+    tx.pragma_update(None, "user_version", LATEST)
+        .map_err(sql_error)?;
+    tx.commit().map_err(sql_error)
+}

@@ -1,0 +1,90 @@
+//! Shared helpers: temp stores, keys, and raw file inspection.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use authkeeper_core::{SecretString, Timestamp, TokenSet};
+use authkeeper_store::{Keyring, SealKey, SqliteStore};
+use serde_json::{Map, Value};
+use tempfile::TempDir;
+use zeroize::Zeroizing;
+
+/// A temp dir and the store path inside it.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub db: PathBuf,
+}
+
+pub fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("authkeeper.db");
+    Fixture { dir, db }
+}
+
+pub fn key(byte: u8) -> SealKey {
+    SealKey::new(Zeroizing::new([byte; 32]))
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000)
+}
+
+pub fn open(db: &Path, key: &SealKey) -> SqliteStore {
+    SqliteStore::open(db, Keyring::new(key.clone())).expect("open store")
+}
+
+/// A token set whose secrets contain `marker`.
+pub fn planted_tokens(marker: &str) -> TokenSet {
+    let mut extra = Map::new();
+    extra.insert(
+        "x_vendor_secret".to_owned(),
+        Value::String(format!("PLANTED-EXTRA-{marker}")),
+    );
+    TokenSet {
+        access_token: SecretString::from(format!("PLANTED-ACCESS-{marker}")),
+        token_type: "Bearer".to_owned(),
+        refresh_token: Some(SecretString::from(format!("PLANTED-REFRESH-{marker}"))),
+        id_token: Some(SecretString::from(format!("PLANTED-ID-{marker}"))),
+        scope: Some("read".to_owned()),
+        issued_at: now(),
+        expires_at: Timestamp::from_millis(now().as_millis() + 3_600_000),
+        refresh_token_expires_at: None,
+        extra,
+    }
+}
+
+/// Every regular file under `dir`, with its bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut text = path.as_os_str().to_owned();
+    text.push(suffix);
+    PathBuf::from(text)
+}

@@ -1,0 +1,16 @@
+//! The shared Store conformance suite, run on SqliteStore.
+
+use authkeeper_store::{Keyring, SealKey, SqliteStore};
+use tempfile::TempDir;
+
+async fn make() -> (SqliteStore, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(
+        dir.path().join("store.db"),
+        Keyring::new(SealKey::generate()),
+    )
+    .expect("open");
+    (store, dir)
+}
+
+authkeeper_core::store_conformance_tests!(make);
