@@ -59,9 +59,13 @@ impl Config {
             Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
                 return Ok((Config::default(), path));
             }
-            Err(error) => return Err(error).with_context(|| format!("cannot read config {}", path.display())),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot read config {}", path.display()));
+            }
         };
-        let config: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         config.validate()?;
         Ok((config, path))
     }
@@ -69,11 +73,14 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         match self.store.kind.as_deref() {
             None | Some("sqlite") => {}
-            Some("redis") => bail!("store kind \"redis\" is not available in this version; use \"sqlite\""),
+            Some("redis") => {
+                bail!("store kind \"redis\" is not available in this version; use \"sqlite\"")
+            }
             Some(other) => bail!("unknown store kind {other:?}: use \"sqlite\""),
         }
         for name in self.credentials.keys() {
-            authkeeper_core::store::validate_name(name).with_context(|| format!("credential name {name:?}"))?;
+            authkeeper_core::store::validate_name(name)
+                .with_context(|| format!("credential name {name:?}"))?;
         }
         Ok(())
     }
@@ -98,7 +105,10 @@ impl Config {
 
     /// The configured key file, relative to the config file.
     pub fn key_file(&self, config_path: &Path) -> Option<PathBuf> {
-        self.store.key_file.as_ref().map(|p| relative_to(config_path, p))
+        self.store
+            .key_file
+            .as_ref()
+            .map(|p| relative_to(config_path, p))
     }
 }
 
@@ -146,14 +156,17 @@ mod tests {
         let crm = &config.credentials["crm"];
         assert_eq!(crm.clock_skew, std::time::Duration::from_secs(30));
         assert_eq!(
-            config.store_path(Path::new("/etc/authkeeper/authkeeper.toml"), None).ok(),
+            config
+                .store_path(Path::new("/etc/authkeeper/authkeeper.toml"), None)
+                .ok(),
             Some(PathBuf::from("/etc/authkeeper/authkeeper.db"))
         );
     }
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let error = toml::from_str::<Config>("[credentials.x]\nclient_id='a'\ntokenurl='x'").expect_err("typo");
+        let error = toml::from_str::<Config>("[credentials.x]\nclient_id='a'\ntokenurl='x'")
+            .expect_err("typo");
         assert!(error.to_string().contains("tokenurl"), "{error}");
     }
 }

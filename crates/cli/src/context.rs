@@ -35,7 +35,11 @@ impl Context {
 
     /// Opens the embedded store, creating it (and its key) on first use.
     pub fn open_store(&self) -> anyhow::Result<Arc<SqliteStore>> {
-        if let Some(dir) = self.store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = self
+            .store_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             create_private_dir(dir)?;
         }
         let settings = KeySettings::from_env(self.config.key_file(&self.config_path));
@@ -54,7 +58,12 @@ impl Context {
 
     /// Builds a Keeper over `store` for the named credentials (all configured ones when
     /// `names` is empty).
-    pub fn keeper(&self, store: Arc<dyn Store>, names: &[&str], settings: KeeperSettings) -> anyhow::Result<Keeper> {
+    pub fn keeper(
+        &self,
+        store: Arc<dyn Store>,
+        names: &[&str],
+        settings: KeeperSettings,
+    ) -> anyhow::Result<Keeper> {
         let mut builder = Keeper::builder(store, SystemClock::shared())
             .settings(settings)
             .event_sink(Arc::new(LogSink));
@@ -65,7 +74,9 @@ impl Context {
         }
         for name in names {
             if !self.config.credentials.contains_key(*name) {
-                anyhow::bail!(authkeeper_core::KeeperError::UnknownCredential((*name).to_owned()));
+                anyhow::bail!(authkeeper_core::KeeperError::UnknownCredential(
+                    (*name).to_owned()
+                ));
             }
         }
         Ok(builder.build()?)

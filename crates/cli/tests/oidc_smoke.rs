@@ -1,11 +1,9 @@
 //! Temporary smoke test for the oidc-provider test helper (moves into tests.rs later).
 
-
-
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use crate::support::oidc_provider::{OidcProvider, base64url, sha256};
+use serde_json::Value;
 
 #[test]
 fn sha256_and_base64url_match_rfc7636_example() {

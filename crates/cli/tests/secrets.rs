@@ -8,9 +8,11 @@ const CLIENT_SECRET: &str = "PLANTED-CLIENT-SECRET-5f2b";
 
 #[tokio::test]
 async fn planted_secrets_stay_out_of_logs_output_and_files() {
-    let idp = MockIdp::start(MockConfig::default().with_clients(vec![MockClient::new("planted", CLIENT_SECRET)]))
-        .await
-        .expect("idp");
+    let idp = MockIdp::start(
+        MockConfig::default().with_clients(vec![MockClient::new("planted", CLIENT_SECRET)]),
+    )
+    .await
+    .expect("idp");
     let workspace = Workspace::with_credential("api", &idp.token_url(), "planted", CLIENT_SECRET);
     let grant = idp.mint_grant(None, None).expect("grant");
     let first_access = grant["access_token"].as_str().expect("access").to_owned();
@@ -28,7 +30,11 @@ async fn planted_secrets_stay_out_of_logs_output_and_files() {
     let mut command = workspace.command(&["token", "api", "--min-ttl", "3590s"]);
     command.env("AUTHKEEPER_LOG", "trace");
     let out = crate::support::run_with_input(command, b"").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let second_access = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     record(&out, true);
     for args in [&["status"][..], &["status", "--json"][..]] {
@@ -49,15 +55,30 @@ async fn planted_secrets_stay_out_of_logs_output_and_files() {
     let mut command = workspace.command(&["token", "cc"]);
     command.env("AUTHKEEPER_LOG", "trace");
     let out = crate::support::run_with_input(command, b"").await;
-    assert_eq!(out.status.code(), Some(2), "invalid_client is a configuration error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "invalid_client is a configuration error"
+    );
     record(&out, false);
 
     let stats = idp.stats();
     assert_eq!(stats.refresh_success, 1);
-    assert!(transcript.contains("invalid_client"), "the error is explained: {transcript}");
-    let secrets = [first_access.as_str(), first_refresh.as_str(), second_access.as_str(), CLIENT_SECRET];
+    assert!(
+        transcript.contains("invalid_client"),
+        "the error is explained: {transcript}"
+    );
+    let secrets = [
+        first_access.as_str(),
+        first_refresh.as_str(),
+        second_access.as_str(),
+        CLIENT_SECRET,
+    ];
     for secret in secrets {
-        assert!(!transcript.contains(secret), "a secret reached the output: {transcript}");
+        assert!(
+            !transcript.contains(secret),
+            "a secret reached the output: {transcript}"
+        );
     }
     for entry in std::fs::read_dir(workspace.path()).expect("dir").flatten() {
         if entry.file_name() == "authkeeper.toml" || !entry.path().is_file() {

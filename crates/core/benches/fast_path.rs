@@ -9,7 +9,8 @@ use authkeeper_core::config::CredentialSettings;
 use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
 use authkeeper_core::policy::RefreshPolicy;
 use authkeeper_core::{
-    Clock as _, ExpiryDefaults, Keeper, MemoryStore, SecretString, Store as _, SystemClock, TokenSet,
+    Clock as _, ExpiryDefaults, Keeper, MemoryStore, SecretString, Store as _, SystemClock,
+    TokenSet,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -55,7 +56,10 @@ fn keeper(runtime: &tokio::runtime::Runtime) -> Keeper {
 }
 
 fn fast_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let keeper = keeper(&runtime);
     c.bench_function("cached_token (sync fast path)", |b| {
         b.iter(|| black_box(keeper.cached_token(black_box("crm"), Duration::from_secs(60))))
@@ -76,7 +80,9 @@ fn fast_path(c: &mut Criterion) {
                     let keeper = &keeper;
                     scope.spawn(move || {
                         for _ in 0..iterations {
-                            black_box(keeper.cached_token(black_box("crm"), Duration::from_secs(60)));
+                            black_box(
+                                keeper.cached_token(black_box("crm"), Duration::from_secs(60)),
+                            );
                         }
                     });
                 }

@@ -190,7 +190,7 @@ pub async fn generations_increment(store: SharedStore) {
         next_attempt_at: Some(T0 + Duration::from_secs(5)),
         ..CredentialStatus::default()
     };
-    ok(store.set_status("g", &failing).await, "set_status");
+    assert!(ok(store.set_status("g", 2, &failing).await, "set_status"));
     assert_eq!(
         ok(store.put("g", &sample_tokens("3", T0), T0).await, "put"),
         3
@@ -235,7 +235,7 @@ pub async fn compare_and_put_checks_generation(store: SharedStore) {
         next_attempt_at: Some(T0 + Duration::from_secs(9)),
         ..CredentialStatus::default()
     };
-    ok(store.set_status("c", &failing).await, "set_status");
+    assert!(ok(store.set_status("c", 1, &failing).await, "set_status"));
     let later = T0 + Duration::from_secs(60);
     let second = sample_tokens("b", later);
     assert_eq!(
@@ -495,7 +495,8 @@ pub async fn concurrent_acquirers_are_exclusive(store: SharedStore) {
     );
 }
 
-/// `set_status` replaces the whole status; it does nothing for a missing credential.
+/// `set_status` replaces the whole status of the given generation; it does nothing for a
+/// missing credential or another generation.
 pub async fn set_status_round_trips(store: SharedStore) {
     ok(store.put("s", &sample_tokens("s", T0), T0).await, "put");
     let status = CredentialStatus {
@@ -505,9 +506,21 @@ pub async fn set_status_round_trips(store: SharedStore) {
         reason: Some("invalid_grant: refresh token revoked".to_owned()),
         next_attempt_at: Some(T0 + Duration::from_millis(1234)),
     };
-    ok(store.set_status("s", &status).await, "set_status");
+    assert!(ok(store.set_status("s", 1, &status).await, "set_status"));
     let stored = ok(store.load("s").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
     assert_eq!(stored.status, status);
+    assert!(
+        !ok(
+            store.set_status("s", 2, &CredentialStatus::default()).await,
+            "set_status"
+        ),
+        "a status for another generation must not be written"
+    );
+    assert_eq!(
+        ok(store.load("s").await, "load").map(|c| c.status),
+        Some(status.clone()),
+        "the status of a stale generation was written"
+    );
     assert_eq!(
         stored.generation, 1,
         "set_status must not bump the generation"
@@ -522,14 +535,14 @@ pub async fn set_status_round_trips(store: SharedStore) {
             state,
             ..CredentialStatus::default()
         };
-        ok(store.set_status("s", &status).await, "set_status");
+        assert!(ok(store.set_status("s", 1, &status).await, "set_status"));
         let stored = ok(store.load("s").await, "load").unwrap_or_else(|| panic!("nothing loaded"));
         assert_eq!(stored.status, status);
     }
-    ok(
-        store.set_status("ghost", &status).await,
+    assert!(!ok(
+        store.set_status("ghost", 1, &status).await,
         "set_status on a missing credential",
-    );
+    ));
     assert!(
         ok(store.load("ghost").await, "load").is_none(),
         "set_status created a credential"
@@ -548,7 +561,7 @@ pub async fn list_shows_summaries_without_secrets(store: SharedStore) {
         reason: Some("switched off".to_owned()),
         ..CredentialStatus::default()
     };
-    ok(store.set_status("a", &status).await, "set_status");
+    assert!(ok(store.set_status("a", 1, &status).await, "set_status"));
     let mut list = ok(store.list().await, "list");
     list.sort_by(|x, y| x.name.cmp(&y.name));
     assert_eq!(list.len(), 2);
@@ -636,7 +649,10 @@ pub async fn invalid_names_are_rejected(store: SharedStore) {
             "compare_and_put",
         );
         invalid(
-            store.set_status(name, &CredentialStatus::default()).await,
+            store
+                .set_status(name, 1, &CredentialStatus::default())
+                .await
+                .map(|_| ()),
             "set_status",
         );
         invalid(store.delete(name).await.map(|_| ()), "delete");

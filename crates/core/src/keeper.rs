@@ -226,7 +226,9 @@ impl Need {
             Need::Serves(min_ttl) => current.schedule.serves(now, min_ttl),
             Need::NotDue => !current.schedule.is_due(now),
             Need::NewerThan(generation) => current.generation > generation,
-            Need::Fresh(min_ttl) => current.schedule.serves(now, min_ttl) && !current.schedule.is_due(now),
+            Need::Fresh(min_ttl) => {
+                current.schedule.serves(now, min_ttl) && !current.schedule.is_due(now)
+            }
         }
     }
 
@@ -842,7 +844,13 @@ impl Keeper {
             (GrantKind::RefreshToken, None) => {
                 entry.breaker.record_success();
                 return self
-                    .record_failure(entry, need, RefreshError::NoRefreshToken, Duration::ZERO)
+                    .record_failure(
+                        entry,
+                        need,
+                        expected_generation,
+                        RefreshError::NoRefreshToken,
+                        Duration::ZERO,
+                    )
                     .await;
             }
         };
@@ -859,7 +867,9 @@ impl Keeper {
                 } else {
                     entry.breaker.record_success();
                 }
-                return self.record_failure(entry, need, error, latency).await;
+                return self
+                    .record_failure(entry, need, expected_generation, error, latency)
+                    .await;
             }
         };
         entry.breaker.record_success();
@@ -971,6 +981,7 @@ impl Keeper {
         &self,
         entry: &Entry,
         need: Need,
+        generation: u64,
         error: RefreshError,
         latency: Duration,
     ) -> Result<AccessToken, KeeperError> {
@@ -1000,12 +1011,21 @@ impl Keeper {
             ErrorClass::NeedsReauth => CredentialState::NeedsReauth,
             ErrorClass::Configuration | ErrorClass::Permission => CredentialState::Disabled,
         };
-        if let Err(store_error) = self.inner.store.set_status(name, &status).await {
-            tracing::warn!(credential = %name, error = %store_error, "could not store the credential status");
-        }
         let next_attempt_at = status.next_attempt_at;
         let failures = status.failures;
-        entry.set_status(status);
+        match self.inner.store.set_status(name, generation, &status).await {
+            Ok(true) => entry.set_status(status),
+            Ok(false) => {
+                // Another process stored a newer generation meanwhile: its state wins.
+                if let Ok(Some(record)) = self.read_store(entry).await {
+                    self.install(entry, record);
+                }
+            }
+            Err(store_error) => {
+                tracing::warn!(credential = %name, error = %store_error, "could not store the credential status");
+                entry.set_status(status);
+            }
+        }
         self.emit(Event::RefreshFailed {
             name,
             class,
@@ -1027,6 +1047,9 @@ impl Keeper {
             source: error,
             next_attempt_at,
         };
+        if let Some(token) = self.satisfied(entry, need) {
+            return Ok(token);
+        }
         self.serve_or(entry, need, error)
     }
 

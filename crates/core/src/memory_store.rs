@@ -123,12 +123,20 @@ impl Store for MemoryStore {
         Ok(WriteOutcome::Written { generation })
     }
 
-    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
+    async fn set_status(
+        &self,
+        name: &str,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
         validate_name(name)?;
-        if let Some(credential) = self.state().credentials.get_mut(name) {
-            credential.status = status.clone();
+        match self.state().credentials.get_mut(name) {
+            Some(credential) if credential.generation == generation => {
+                credential.status = status.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     async fn delete(&self, name: &str) -> Result<bool, StoreError> {

@@ -257,8 +257,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         now: Timestamp,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Replaces the status of a stored credential; does nothing when nothing is stored.
-    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError>;
+    /// Replaces the status of a stored credential if its generation is still `generation`, so a
+    /// slow process cannot overwrite the status of a newer token set. Returns whether it was
+    /// written (false when nothing is stored or the generation moved).
+    async fn set_status(
+        &self,
+        name: &str,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes a credential; returns whether something was deleted.
     async fn delete(&self, name: &str) -> Result<bool, StoreError>;

@@ -522,8 +522,13 @@ impl Store for UnwritableStore {
             source: None,
         })
     }
-    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
-        self.inner.set_status(name, status).await
+    async fn set_status(
+        &self,
+        name: &str,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
+        self.inner.set_status(name, generation, status).await
     }
     async fn delete(&self, name: &str) -> Result<bool, StoreError> {
         self.inner.delete(name).await

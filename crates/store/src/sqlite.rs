@@ -687,14 +687,19 @@ impl Inner {
         Ok(WriteOutcome::Written { generation })
     }
 
-    fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
+    fn set_status(
+        &self,
+        name: &str,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error)?;
-        tx.execute(
+        let updated = tx.execute(
             "UPDATE credentials SET state = ?2, last_refresh_at = ?3, failures = ?4, reason = ?5,
-                 next_attempt_at = ?6 WHERE name = ?1",
+                 next_attempt_at = ?6 WHERE name = ?1 AND generation = ?7",
             params![
                 name,
                 status.state.as_str(),
@@ -702,10 +707,12 @@ impl Inner {
                 i64::from(status.failures),
                 status.reason,
                 status.next_attempt_at.map(Timestamp::as_millis),
+                i64::try_from(generation).unwrap_or(i64::MAX),
             ],
         )
         .map_err(sql_error)?;
-        tx.commit().map_err(sql_error)
+        tx.commit().map_err(sql_error)?;
+        Ok(updated == 1)
     }
 
     fn delete(&self, name: &str) -> Result<bool, StoreError> {
@@ -903,10 +910,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_status(&self, name: &str, status: &CredentialStatus) -> Result<(), StoreError> {
+    async fn set_status(
+        &self,
+        name: &str,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
         validate_name(name)?;
         let (name, status) = (name.to_owned(), status.clone());
-        self.run(move |inner| inner.set_status(&name, &status))
+        self.run(move |inner| inner.set_status(&name, generation, &status))
             .await
     }
 

@@ -14,11 +14,19 @@ pub async fn run(global: &GlobalArgs, command: DebugCommand) -> anyhow::Result<E
             let context = Context::load(global)?;
             let store = context.open_store()?;
             let owner = format!("debug-{}", std::process::id());
-            let lease = match store.try_acquire_lease(&name, &owner, SystemClock::new().now(), ttl).await? {
+            let lease = match store
+                .try_acquire_lease(&name, &owner, SystemClock::new().now(), ttl)
+                .await?
+            {
                 LeaseAttempt::Acquired(lease) => lease,
-                LeaseAttempt::Busy { held_until } => bail!("the lease of `{name}` is held until {held_until}"),
+                LeaseAttempt::Busy { held_until } => {
+                    bail!("the lease of `{name}` is held until {held_until}")
+                }
             };
-            println!("holding lease of `{name}` fence={} until {}", lease.fence, lease.expires_at);
+            println!(
+                "holding lease of `{name}` fence={} until {}",
+                lease.fence, lease.expires_at
+            );
             tokio::time::sleep(hold).await;
             store.release_lease(lease).await?;
             Ok(ExitCode::SUCCESS)

@@ -16,7 +16,8 @@ use authkeeper_core::config::CredentialSettings;
 use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
 use authkeeper_core::policy::RefreshPolicy;
 use authkeeper_core::{
-    Clock as _, Event, ExpiryDefaults, ExposeSecret, Keeper, SecretString, Store, SystemClock, TokenResponse,
+    Clock as _, Event, ExpiryDefaults, ExposeSecret, Keeper, SecretString, Store, SystemClock,
+    TokenResponse,
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use authkeeper_store::{KeySettings, SqliteStore};
@@ -52,7 +53,10 @@ struct Counters {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
-    anyhow::ensure!(args.ttl >= Duration::from_secs(1), "--ttl must be at least 1s");
+    anyhow::ensure!(
+        args.ttl >= Duration::from_secs(1),
+        "--ttl must be at least 1s"
+    );
     let knobs = Knobs {
         access_ttl_ms: args.ttl.as_millis() as u64,
         rotate_refresh_tokens: true,
@@ -61,11 +65,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let idp = MockIdp::start(MockConfig::default().with_knobs(knobs)).await?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let (store, _) = SqliteStore::open_with_settings(dir.path().join("demo.db"), &KeySettings::from_env(None))?;
+    let (store, _) =
+        SqliteStore::open_with_settings(dir.path().join("demo.db"), &KeySettings::from_env(None))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let grant = serde_json::to_vec(&idp.mint_grant(None, None)?)?;
     let now = SystemClock::new().now();
-    let tokens = TokenResponse::parse_tokens(&grant)?.into_token_set(now, &ExpiryDefaults::default());
+    let tokens =
+        TokenResponse::parse_tokens(&grant)?.into_token_set(now, &ExpiryDefaults::default());
     store.put(NAME, &tokens, now).await?;
 
     let generation = Arc::new(AtomicU64::new(1));
@@ -79,13 +85,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }))
         .build()?;
     let heartbeat = keeper.spawn_heartbeat();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.workers).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.workers)
+        .build()?;
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut workers = Vec::with_capacity(args.workers);
     for _ in 0..args.workers {
-        let (keeper, http, counters, api) = (keeper.clone(), http.clone(), Arc::clone(&counters), idp.api_url());
+        let (keeper, http, counters, api) = (
+            keeper.clone(),
+            http.clone(),
+            Arc::clone(&counters),
+            idp.api_url(),
+        );
         let think = args.think;
         workers.push(tokio::spawn(async move {
             while tokio::time::Instant::now() < deadline {
@@ -123,7 +136,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         worker_visible_401s: counters.unauthorized.load(Ordering::Relaxed),
         refresh_calls: stats.refresh_calls,
         generations,
-        refreshes_per_expiry: if generations == 0 { 0.0 } else { round2(stats.refresh_calls as f64 / generations as f64) },
+        refreshes_per_expiry: if generations == 0 {
+            0.0
+        } else {
+            round2(stats.refresh_calls as f64 / generations as f64)
+        },
         reuse_detected: stats.reuse_detected,
         grant_survived: grant_alive,
     };
@@ -168,7 +185,12 @@ async fn call_api(keeper: &Keeper, http: &reqwest::Client, api: &str, counters: 
             return;
         }
     };
-    match http.get(api).bearer_auth(token.secret().expose_secret()).send().await {
+    match http
+        .get(api)
+        .bearer_auth(token.secret().expose_secret())
+        .send()
+        .await
+    {
         Ok(response) => {
             counters.requests.fetch_add(1, Ordering::Relaxed);
             if response.status() == reqwest::StatusCode::UNAUTHORIZED {
@@ -182,13 +204,22 @@ async fn call_api(keeper: &Keeper, http: &reqwest::Client, api: &str, counters: 
     }
 }
 
-async fn show_progress(counters: Arc<Counters>, generation: Arc<AtomicU64>, duration: Duration, quiet: bool) {
+async fn show_progress(
+    counters: Arc<Counters>,
+    generation: Arc<AtomicU64>,
+    duration: Duration,
+    quiet: bool,
+) {
     let terminal = std::io::stderr().is_terminal();
     if quiet {
         return;
     }
     let started = Instant::now();
-    let every = if terminal { Duration::from_millis(250) } else { Duration::from_secs(5) };
+    let every = if terminal {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
@@ -203,7 +234,11 @@ async fn show_progress(counters: Arc<Counters>, generation: Arc<AtomicU64>, dura
             generation.load(Ordering::Relaxed),
         );
         let mut stderr = std::io::stderr().lock();
-        let _ = if terminal { write!(stderr, "\r{line}\x1b[K") } else { writeln!(stderr, "{line}") };
+        let _ = if terminal {
+            write!(stderr, "\r{line}\x1b[K")
+        } else {
+            writeln!(stderr, "{line}")
+        };
         let _ = stderr.flush();
     }
 }
@@ -220,12 +255,24 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
         "{} workers · {:.1}s · access tokens of {:.0}s with rotation and reuse revocation",
         summary.workers, summary.duration_seconds, summary.access_token_ttl_seconds
     );
-    println!("  requests              {} ({:.0}/s)", summary.requests, summary.requests_per_second);
+    println!(
+        "  requests              {} ({:.0}/s)",
+        summary.requests, summary.requests_per_second
+    );
     println!("  worker-visible 401s   {}", summary.worker_visible_401s);
-    println!("  token-endpoint calls  {} for {} new generations", summary.refresh_calls, summary.generations);
-    println!("  refreshes per expiry  {:.2}", summary.refreshes_per_expiry);
+    println!(
+        "  token-endpoint calls  {} for {} new generations",
+        summary.refresh_calls, summary.generations
+    );
+    println!(
+        "  refreshes per expiry  {:.2}",
+        summary.refreshes_per_expiry
+    );
     println!("  refresh-token reuse   {}", summary.reuse_detected);
-    println!("  grant survived        {}", if summary.grant_survived { "yes" } else { "NO" });
+    println!(
+        "  grant survived        {}",
+        if summary.grant_survived { "yes" } else { "NO" }
+    );
     Ok(())
 }
 

@@ -35,7 +35,8 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCo
         .read_to_end(&mut input)
         .context("cannot read stdin")?;
     anyhow::ensure!(input.len() as u64 <= MAX_INPUT, "input larger than 1 MiB");
-    let response = TokenResponse::parse_tokens(&input).context("stdin is not a usable token response")?;
+    let response =
+        TokenResponse::parse_tokens(&input).context("stdin is not a usable token response")?;
     let now = SystemClock::new().now();
     let tokens = response.into_token_set(now, &expiry);
     let has_refresh = tokens.refresh_token.is_some();
@@ -57,7 +58,11 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCo
             "stored `{}` as generation {generation}: expires {}, {}",
             args.name,
             expires_at,
-            if has_refresh { "with a refresh token" } else { "without a refresh token" }
+            if has_refresh {
+                "with a refresh token"
+            } else {
+                "without a refresh token"
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -17,15 +17,24 @@ pub async fn run(args: MockIdpArgs) -> anyhow::Result<ExitCode> {
         clock_offset_ms: args.clock_offset_ms,
         ..Knobs::default()
     };
-    let idp = MockIdp::start(MockConfig::default().with_listen(args.listen).with_knobs(knobs)).await?;
+    let idp = MockIdp::start(
+        MockConfig::default()
+            .with_listen(args.listen)
+            .with_knobs(knobs),
+    )
+    .await?;
     let base = idp.base_url().to_owned();
     println!("mock IdP listening on {base}");
     println!("  token endpoint   {}", idp.token_url());
     println!("  protected API    {}", idp.api_url());
     println!("  new grant        curl -s -X POST {base}/admin/grants | authkeeper import NAME");
     println!("  counters         curl -s {base}/admin/stats");
-    println!("  knobs            curl -s -X PUT {base}/admin/knobs -d '{{\"fault_503_rate\":0.5}}'");
-    println!("  test client      client_id = \"mock-client\", client_secret = \"mock-secret\" (a fixed test value)");
+    println!(
+        "  knobs            curl -s -X PUT {base}/admin/knobs -d '{{\"fault_503_rate\":0.5}}'"
+    );
+    println!(
+        "  test client      client_id = \"mock-client\", client_secret = \"mock-secret\" (a fixed test value)"
+    );
     tokio::signal::ctrl_c().await?;
     idp.shutdown().await?;
     Ok(ExitCode::SUCCESS)

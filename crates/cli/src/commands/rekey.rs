@@ -14,7 +14,8 @@ pub async fn run(global: &GlobalArgs, args: RekeyArgs) -> anyhow::Result<ExitCod
     let store = context.open_store()?;
     let new_key = match &args.new_key_env {
         Some(var) => {
-            let value = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+            let value = std::env::var(var)
+                .with_context(|| format!("environment variable {var} is not set"))?;
             parse_env_key(&value).with_context(|| format!("{var} is not a valid key"))?
         }
         None => {

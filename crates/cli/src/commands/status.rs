@@ -13,8 +13,12 @@ use crate::context::Context;
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
     let store = context.open_store()?;
-    let mut rows: BTreeMap<String, Option<CredentialSummary>> =
-        context.config.credentials.keys().map(|name| (name.clone(), None)).collect();
+    let mut rows: BTreeMap<String, Option<CredentialSummary>> = context
+        .config
+        .credentials
+        .keys()
+        .map(|name| (name.clone(), None))
+        .collect();
     for summary in store.list().await? {
         rows.insert(summary.name.clone(), Some(summary));
     }
@@ -41,10 +45,16 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("no credentials: configure one in {} and `authkeeper import` its tokens", context.config_path.display());
+        println!(
+            "no credentials: configure one in {} and `authkeeper import` its tokens",
+            context.config_path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<20} {:<13} {:>11} {:>10} {:<24} {:>8}  REASON", "NAME", "STATE", "EXPIRES IN", "GENERATION", "LAST REFRESH", "FAILURES");
+    println!(
+        "{:<20} {:<13} {:>11} {:>10} {:<24} {:>8}  REASON",
+        "NAME", "STATE", "EXPIRES IN", "GENERATION", "LAST REFRESH", "FAILURES"
+    );
     for (name, summary) in rows {
         match summary {
             Some(s) => println!(
@@ -53,11 +63,16 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
                 s.status.state.as_str(),
                 format_seconds(seconds_until(s.expires_at)),
                 s.generation,
-                s.status.last_refresh_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
+                s.status
+                    .last_refresh_at
+                    .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
                 s.status.failures,
                 s.status.reason.as_deref().unwrap_or("-"),
             ),
-            None => println!("{name:<20} {:<13} {:>11} {:>10} {:<24} {:>8}  import or log in first", "not_stored", "-", "-", "-", "-"),
+            None => println!(
+                "{name:<20} {:<13} {:>11} {:>10} {:<24} {:>8}  import or log in first",
+                "not_stored", "-", "-", "-", "-"
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,12 @@ impl Workspace {
     }
 
     /// A workspace with one refresh_token credential `name` for `token_url`.
-    pub fn with_credential(name: &str, token_url: &str, client_id: &str, client_secret: &str) -> Workspace {
+    pub fn with_credential(
+        name: &str,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Workspace {
         Workspace::new(&format!(
             "[credentials.{name}]\ntoken_url = \"{token_url}\"\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n"
         ))
@@ -68,8 +73,14 @@ impl Workspace {
 
     /// Imports a token response JSON as credential `name`; panics when it fails.
     pub async fn import(&self, name: &str, response: &serde_json::Value) {
-        let out = self.run(&["import", name], response.to_string().as_bytes()).await;
-        assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .run(&["import", name], response.to_string().as_bytes())
+            .await;
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `authkeeper token NAME`: the printed token, or the failed output.
@@ -85,7 +96,11 @@ impl Workspace {
     /// The stored generation, read with `authkeeper status --json`.
     pub async fn generation(&self, name: &str) -> u64 {
         let out = self.run(&["status", "--json"], b"").await;
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
         list.as_array()
             .and_then(|rows| rows.iter().find(|row| row["name"] == name))
