@@ -45,13 +45,13 @@ impl Context {
         let settings = KeySettings::from_env(self.config.key_file(&self.config_path));
         let (store, origin) = SqliteStore::open_with_settings(&self.store_path, &settings)
             .with_context(|| format!("cannot open the store {}", self.store_path.display()))?;
-        if origin.was_generated() {
-            if let Some(key_file) = origin.key_file() {
-                eprintln!(
-                    "authkeeper: created a new encryption key in {} (mode 0600). Back it up: without it the store cannot be read.",
-                    key_file.display()
-                );
-            }
+        if origin.was_generated()
+            && let Some(key_file) = origin.key_file()
+        {
+            eprintln!(
+                "authkeeper: created a new encryption key in {} (mode 0600). Back it up: without it the store cannot be read.",
+                key_file.display()
+            );
         }
         Ok(Arc::new(store))
     }
