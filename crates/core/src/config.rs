@@ -45,6 +45,9 @@ pub struct CredentialConfig {
     /// Base URL of the API this credential is for (used by the broker's proxy).
     #[serde(default)]
     pub upstream: Option<Url>,
+    /// How the broker's proxy presents the token to `upstream` (default: `Authorization: Bearer`).
+    #[serde(default)]
+    pub inject: InjectConfig,
     /// Refresh once this share of the lifetime has passed (default 0.8).
     #[serde(default = "defaults::refresh_at")]
     pub refresh_at: f64,
@@ -63,6 +66,38 @@ pub struct CredentialConfig {
     /// Refresh in the background before expiry even when nobody asks (default true).
     #[serde(default = "defaults::heartbeat")]
     pub heartbeat: bool,
+}
+
+/// How a token is presented to an upstream API: a header (default `Authorization` with the
+/// prefix `Bearer `) or a query parameter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// The header carrying the token (default `Authorization`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Text before the token in the header (default `Bearer ` for `Authorization`, else none).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Send the token as this query parameter instead of a header (e.g. `api_key`).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+impl InjectConfig {
+    /// The header name and value prefix to use, or `None` when the token goes in the query.
+    pub fn header_and_prefix(&self) -> Option<(&str, &str)> {
+        if self.query.is_some() && self.header.is_none() {
+            return None;
+        }
+        let header = self.header.as_deref().unwrap_or("authorization");
+        let prefix = match &self.prefix {
+            Some(prefix) => prefix.as_str(),
+            None if header.eq_ignore_ascii_case("authorization") => "Bearer ",
+            None => "",
+        };
+        Some((header, prefix))
+    }
 }
 
 mod defaults {
