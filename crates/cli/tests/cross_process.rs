@@ -146,8 +146,9 @@ async fn four_processes_keep_a_real_oidc_provider_grant_alive() {
     })
     .await;
     let generations = workspace.generation("api").await - 1;
+    let redeemed = provider.stderr_log().matches("refresh_token.consumed").count() as u64;
     println!(
-        "{processes} processes against oidc-provider: {generations} refreshes of 5 s tokens in {RUN_FOR:?}"
+        "{processes} processes against oidc-provider: {generations} refreshes of 5 s tokens in {RUN_FOR:?}, {redeemed} refresh tokens redeemed"
     );
     assert_eq!(
         unauthorized,
@@ -158,6 +159,10 @@ async fn four_processes_keep_a_real_oidc_provider_grant_alive() {
     assert!(
         (4..=10).contains(&generations),
         "~7 refreshes expected, got {generations}"
+    );
+    assert_eq!(
+        redeemed, generations,
+        "one refresh-token redemption at the provider per generation"
     );
     // The grant survived: one more refresh through authkeeper still works (a replayed refresh
     // token would have revoked the whole grant).
