@@ -131,12 +131,13 @@ async fn four_processes_keep_a_real_oidc_provider_grant_alive() {
         login.get("refresh_token").is_some(),
         "login returned a refresh token"
     );
-    let workspace = Arc::new(Workspace::with_credential(
-        "api",
-        &provider.token_url(),
+    // The token endpoint is found by OIDC discovery from the issuer.
+    let workspace = Arc::new(Workspace::new(&format!(
+        "[credentials.api]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        provider.issuer(),
         provider.client_id(),
-        provider.client_secret(),
-    ));
+        provider.client_secret()
+    )));
     workspace.import("api", &login).await;
     let provider = Arc::new(provider);
     let checker = Arc::clone(&provider);
@@ -146,7 +147,10 @@ async fn four_processes_keep_a_real_oidc_provider_grant_alive() {
     })
     .await;
     let generations = workspace.generation("api").await - 1;
-    let redeemed = provider.stderr_log().matches("refresh_token.consumed").count() as u64;
+    let redeemed = provider
+        .stderr_log()
+        .matches("refresh_token.consumed")
+        .count() as u64;
     println!(
         "{processes} processes against oidc-provider: {generations} refreshes of 5 s tokens in {RUN_FOR:?}, {redeemed} refresh tokens redeemed"
     );

@@ -2,6 +2,7 @@
 //! sockets, short token lifetimes.
 
 mod bad_input;
+mod commands;
 mod cross_process;
 mod demo;
 mod oidc_smoke;

@@ -180,8 +180,10 @@ impl Default for ExpiryDefaults {
 pub enum ExpirySource {
     /// The response's `expires_in`.
     ExpiresIn(Duration),
-    /// The `exp` claim of a JWT access token (seconds since the epoch).
-    JwtExp(i64),
+    /// The claims of a JWT access token. With `iat`, the lifetime `exp - iat` is applied to our
+    /// clock, so a provider whose clock is off does not shift the expiry; without it, `exp` is
+    /// taken as an absolute time.
+    Jwt(JwtTimes),
     /// Nothing said; the configured default applies.
     Default,
 }
@@ -315,8 +317,8 @@ impl TokenResponse {
             Some(_) => return Err(TokenResponseError::InvalidField { field: "scope" }),
         };
         let expiry = match map.remove("expires_in") {
-            None | Some(Value::Null) => match jwt_exp(access_token.expose_secret()) {
-                Some(exp) => ExpirySource::JwtExp(exp),
+            None | Some(Value::Null) => match jwt_times(access_token.expose_secret()) {
+                Some(times) => ExpirySource::Jwt(times),
                 None => ExpirySource::Default,
             },
             Some(value) => ExpirySource::ExpiresIn(lifetime_field(&value)?),
@@ -352,7 +354,13 @@ impl TokenResponse {
     pub fn into_token_set(self, now: Timestamp, defaults: &ExpiryDefaults) -> TokenSet {
         let expires_at = match self.expiry {
             ExpirySource::ExpiresIn(lifetime) => now + lifetime,
-            ExpirySource::JwtExp(exp) => Timestamp::from_secs(exp).max(now),
+            ExpirySource::Jwt(JwtTimes {
+                exp,
+                iat: Some(iat),
+            }) if exp > iat => {
+                now + Duration::from_secs((exp - iat).unsigned_abs()).min(MAX_EXPIRES_IN)
+            }
+            ExpirySource::Jwt(JwtTimes { exp, .. }) => Timestamp::from_secs(exp).max(now),
             ExpirySource::Default => now + defaults.default_lifetime,
         };
         TokenSet {
@@ -408,8 +416,18 @@ fn truncate_for_message(text: &str) -> String {
     text.chars().take(24).collect()
 }
 
-/// The `exp` claim of a JWT, read without verifying the signature (only to learn the expiry).
-pub fn jwt_exp(token: &str) -> Option<i64> {
+/// The `exp` and `iat` claims of a JWT access token (seconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtTimes {
+    /// Expiry.
+    pub exp: i64,
+    /// Issue time, when present.
+    pub iat: Option<i64>,
+}
+
+/// Reads the `exp` (and `iat`) claims of a JWT without verifying its signature: only to learn
+/// the expiry when a response has no `expires_in`.
+pub fn jwt_times(token: &str) -> Option<JwtTimes> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -421,10 +439,14 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
             .ok()?,
     );
     let claims: Value = serde_json::from_slice(&decoded).ok()?;
-    match claims.get("exp")? {
+    let seconds = |claim: &str| match claims.get(claim)? {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         _ => None,
-    }
+    };
+    Some(JwtTimes {
+        exp: seconds("exp")?,
+        iat: seconds("iat"),
+    })
 }
 
 /// Parses a body as a JSON object, or as form parameters when it is not JSON.

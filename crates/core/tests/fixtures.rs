@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use authkeeper_core::token::{ExpirySource, ParsedTokenBody, TokenResponseError};
+use authkeeper_core::token::{ExpirySource, JwtTimes, ParsedTokenBody, TokenResponseError};
 use authkeeper_core::{
     ExpiryDefaults, ExposeSecret, RefreshError, SecretString, Timestamp, TokenResponse, TokenSet,
 };
@@ -152,22 +152,35 @@ fn slack_rotation_and_ok_false_errors() {
     assert_eq!(classified.class(), authkeeper_core::ErrorClass::NeedsReauth);
 }
 
+fn jwt_with(claims: &str) -> String {
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.as_bytes());
+    format!(r#"{{"access_token":"eyJhbGciOiJIUzI1NiJ9.{payload}.c2ln","token_type":"Bearer"}}"#)
+}
+
 #[test]
 fn jwt_exp_is_used_when_expires_in_is_missing() {
-    let payload =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"x","exp":1700000900}"#);
-    let body = format!(
-        r#"{{"access_token":"eyJhbGciOiJIUzI1NiJ9.{payload}.c2ln","token_type":"Bearer"}}"#
-    );
-    let response = tokens(&body);
+    let response = tokens(&jwt_with(r#"{"sub":"x","exp":1700000900}"#));
     assert_eq!(
         response.expiry_source(),
-        ExpirySource::JwtExp(1_700_000_900)
+        ExpirySource::Jwt(JwtTimes {
+            exp: 1_700_000_900,
+            iat: None
+        })
     );
     assert_eq!(
         response.into_token_set(NOW, &defaults()).expires_at,
         Timestamp::from_secs(1_700_000_900)
     );
+}
+
+#[test]
+fn jwt_lifetime_survives_a_provider_clock_ten_minutes_ahead() {
+    // The provider's clock is 600 s ahead: iat and exp are both shifted; the lifetime is 300 s.
+    let response = tokens(&jwt_with(
+        r#"{"sub":"x","iat":1700000600,"exp":1700000900}"#,
+    ));
+    let set = response.into_token_set(NOW, &defaults());
+    assert_eq!(set.expires_at, NOW + Duration::from_secs(300));
 }
 
 #[test]

@@ -574,3 +574,50 @@ async fn a_refreshed_token_is_never_handed_out_before_it_is_stored() {
     assert!(matches!(error, KeeperError::Store { .. }), "{error}");
     assert_eq!(idp.stats().refresh_success, 1, "the IdP did answer");
 }
+
+#[tokio::test]
+async fn a_provider_clock_ten_minutes_ahead_does_not_shift_expiry() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let skewed = Knobs {
+        clock_offset_ms: 600_000,
+        omit_expires_in: true,
+        jwt_access_tokens: true,
+        ..knobs(100_000)
+    };
+    let idp = start_idp(Arc::clone(&shared), skewed).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = Keeper::builder(Arc::clone(&store), shared)
+        .credential(
+            "api",
+            settings(
+                &idp,
+                GrantKind::RefreshToken,
+                ClientAuth::ClientSecretBasic,
+                "mock-secret",
+            ),
+        )
+        .build()
+        .expect("keeper");
+    let first = keeper.token("api", Duration::ZERO).await.expect("token");
+    let lifetime = first.expires_at().saturating_since(clock.now());
+    assert!(
+        lifetime <= Duration::from_secs(100) && lifetime >= Duration::from_secs(99),
+        "expiry from the JWT lifetime, not the provider's clock: {lifetime:?}"
+    );
+    clock.advance(Duration::from_secs(90));
+    let second = keeper
+        .token("api", Duration::from_secs(15))
+        .await
+        .expect("refreshed");
+    assert_eq!(second.generation(), first.generation() + 1);
+    let status = reqwest::Client::new()
+        .get(idp.api_url())
+        .bearer_auth(second.secret().expose_secret())
+        .send()
+        .await
+        .expect("api")
+        .status();
+    assert_eq!(status, 200);
+}
