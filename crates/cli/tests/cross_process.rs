@@ -185,26 +185,32 @@ async fn four_processes_keep_a_real_oidc_provider_grant_alive() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_holder_killed_before_calling_the_idp_does_not_block_others() {
-    let idp = rotating_idp(4000).await;
+/// A workspace whose credential `api` holds a fresh grant of `idp`.
+async fn workspace_with_grant(idp: &MockIdp) -> Workspace {
     let workspace =
         Workspace::with_credential("api", &idp.token_url(), "mock-client", "mock-secret");
     workspace
         .import("api", &idp.mint_grant(None, None).expect("grant"))
         .await;
-    // A process takes the refresh lease and is killed before it calls the IdP.
+    workspace
+}
+
+/// Starts `authkeeper debug hold-lease api` and returns once it holds the refresh lease.
+async fn hold_lease(workspace: &Workspace, ttl: &str) -> tokio::process::Child {
     let mut holder = workspace
-        .command(&["debug", "hold-lease", "api", "--ttl", "20s"])
+        .command(&["debug", "hold-lease", "api", "--ttl", ttl])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("holder");
     let mut lines = tokio::io::BufReader::new(holder.stdout.take().expect("stdout")).lines();
     let line = lines.next_line().await.expect("read").expect("holder line");
     assert!(line.starts_with("holding lease"), "{line}");
-    holder.start_kill().expect("SIGKILL");
-    holder.wait().await.expect("reaped");
-    // Needing 3.7 s of a 4 s token (usable 3.6 s) forces a refresh now.
+    holder
+}
+
+/// Runs `authkeeper token api` needing 3.7 s of a 4 s token (usable 3.6 s), which forces a
+/// refresh now; returns the token and how long it took.
+async fn forced_refresh(workspace: &Workspace) -> (String, Duration) {
     let started = Instant::now();
     let out = workspace
         .run(&["token", "api", "--min-ttl", "3700ms"], b"")
@@ -215,11 +221,24 @@ async fn a_lease_holder_killed_before_calling_the_idp_does_not_block_others() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        waited,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_before_calling_the_idp_does_not_block_others() {
+    let idp = rotating_idp(4000).await;
+    let workspace = workspace_with_grant(&idp).await;
+    let mut holder = hold_lease(&workspace, "20s").await;
+    holder.start_kill().expect("SIGKILL");
+    holder.wait().await.expect("reaped");
+    let (token, waited) = forced_refresh(&workspace).await;
     assert!(
         waited < Duration::from_secs(20),
         "waited {waited:?}: longer than the dead holder's lease"
     );
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let status = reqwest::Client::new()
         .get(idp.api_url())
         .bearer_auth(&token)
@@ -241,39 +260,20 @@ async fn a_lease_holder_killed_before_calling_the_idp_does_not_block_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_lease_holder_is_taken_over_when_its_lease_expires_and_is_fenced() {
+async fn a_hung_lease_holder_is_taken_over_when_its_lease_expires() {
     let idp = rotating_idp(4000).await;
-    let workspace =
-        Workspace::with_credential("api", &idp.token_url(), "mock-client", "mock-secret");
-    workspace
-        .import("api", &idp.mint_grant(None, None).expect("grant"))
-        .await;
+    let workspace = workspace_with_grant(&idp).await;
     // The holder keeps its OS lock but stops (SIGSTOP): only the lease expiry frees the credential.
-    let mut holder = workspace
-        .command(&["debug", "hold-lease", "api", "--ttl", "2s"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("holder");
-    let mut lines = tokio::io::BufReader::new(holder.stdout.take().expect("stdout")).lines();
-    lines.next_line().await.expect("read").expect("holder line");
+    let mut holder = hold_lease(&workspace, "2s").await;
     let pid = holder.id().expect("pid");
     let stopped = std::process::Command::new("kill")
         .args(["-STOP", &pid.to_string()])
         .status()
         .expect("kill");
     assert!(stopped.success());
-    let started = Instant::now();
-    let out = workspace
-        .run(&["token", "api", "--min-ttl", "3700ms"], b"")
-        .await;
-    let waited = started.elapsed();
+    let (_, waited) = forced_refresh(&workspace).await;
     holder.start_kill().expect("SIGKILL");
     let _ = holder.wait().await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         waited >= Duration::from_millis(1000),
         "did not wait for the lease: {waited:?}"

@@ -52,6 +52,28 @@ fn knobs(access_ttl_ms: u64) -> Knobs {
     }
 }
 
+/// A Keeper over `store` with one refresh_token credential `api` of `idp` (basic auth).
+fn api_keeper(
+    idp: &MockIdp,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    sink: Option<Arc<dyn authkeeper_core::EventSink>>,
+) -> Keeper {
+    let mut builder = Keeper::builder(store, clock).credential(
+        "api",
+        settings(
+            idp,
+            GrantKind::RefreshToken,
+            ClientAuth::ClientSecretBasic,
+            "mock-secret",
+        ),
+    );
+    if let Some(sink) = sink {
+        builder = builder.event_sink(sink);
+    }
+    builder.build().expect("keeper")
+}
+
 /// Mints a grant at the mock and stores it as credential `name`.
 async fn import_grant(idp: &MockIdp, store: &dyn Store, name: &str, now: Timestamp) {
     let response = idp.mint_grant(None, None).expect("grant");
@@ -100,18 +122,7 @@ async fn hundred_tasks_share_one_refresh_per_expiry() {
     let idp = start_idp(Arc::clone(&clock), knobs(2000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(Arc::clone(&store), Arc::clone(&clock))
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
     let heartbeat = keeper.spawn_heartbeat();
     let http = reqwest::Client::new();
     let worker_401s = Arc::new(AtomicU64::new(0));
@@ -193,19 +204,7 @@ async fn refreshes_proactively_when_nobody_asks() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
     let (sink, mut events) = event_channel();
-    let keeper = Keeper::builder(Arc::clone(&store), shared)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .event_sink(sink)
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), shared, Some(sink));
     assert!(keeper.warm_up().await.is_empty());
     let heartbeat = keeper.spawn_heartbeat();
     clock.advance(Duration::from_secs(50));
@@ -233,18 +232,7 @@ async fn transient_failures_back_off_and_serve_the_cached_token_while_valid() {
     let idp = start_idp(Arc::clone(&shared), knobs(100_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(Arc::clone(&store), shared)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), shared, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     idp.set_knobs(Knobs {
         fault_503_rate: 1.0,
@@ -311,19 +299,7 @@ async fn revoked_grant_needs_reauth_without_further_calls() {
         .into_token_set(clock.now(), &ExpiryDefaults::default());
     store.put("api", &tokens, clock.now()).await.expect("put");
     let (sink, mut events) = event_channel();
-    let keeper = Keeper::builder(Arc::clone(&store), shared)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .event_sink(sink)
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), shared, Some(sink));
     idp.revoke_grant(&grant_id).expect("revoke");
     clock.advance(Duration::from_secs(11));
     let error = keeper
@@ -417,18 +393,7 @@ async fn compare_and_refresh_refreshes_once_per_rejected_generation() {
     let idp = start_idp(Arc::clone(&clock), knobs(600_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(Arc::clone(&store), clock)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), clock, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -465,18 +430,7 @@ async fn min_ttl_beyond_the_lifetime_is_refused_without_refreshing() {
     let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(store, clock)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, store, clock, None);
     let error = keeper
         .token("api", Duration::from_secs(120))
         .await
@@ -554,18 +508,7 @@ async fn a_refreshed_token_is_never_handed_out_before_it_is_stored() {
     let idp = start_idp(Arc::clone(&shared), knobs(10_000)).await;
     let store = Arc::new(UnwritableStore::default());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(store.clone(), shared)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, store.clone(), shared, None);
     clock.advance(Duration::from_secs(11));
     let error = keeper
         .token("api", Duration::ZERO)
@@ -588,18 +531,7 @@ async fn a_provider_clock_ten_minutes_ahead_does_not_shift_expiry() {
     let idp = start_idp(Arc::clone(&shared), skewed).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = Keeper::builder(Arc::clone(&store), shared)
-        .credential(
-            "api",
-            settings(
-                &idp,
-                GrantKind::RefreshToken,
-                ClientAuth::ClientSecretBasic,
-                "mock-secret",
-            ),
-        )
-        .build()
-        .expect("keeper");
+    let keeper = api_keeper(&idp, Arc::clone(&store), shared, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     let lifetime = first.expires_at().saturating_since(clock.now());
     assert!(
