@@ -57,6 +57,14 @@ pub enum Command {
     MockIdp(MockIdpArgs),
     /// Show exactly-once refresh at work: 50 workers share one credential against the mock IdP.
     Demo(DemoArgs),
+    /// Run the broker: HTTP token API, credential-injecting proxy and metrics.
+    Serve(ServeArgs),
+    /// Run a program with a token file kept fresh (path in AUTHKEEPER_TOKEN_FILE) and a private
+    /// broker; signals are forwarded and the program's exit status is returned.
+    Exec(ExecArgs),
+    /// Manage broker client keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Tools for testing authkeeper itself.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -66,7 +74,7 @@ impl Command {
     /// The log level used when no filter is configured.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::MockIdp(_) => "info",
+            Command::MockIdp(_) | Command::Serve(_) => "info",
             _ => "warn",
         }
     }
@@ -116,6 +124,16 @@ pub struct RekeyArgs {
     pub new_key_env: Option<String>,
 }
 
+/// `authkeeper exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The credential.
+    pub name: String,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
 /// `authkeeper mock-idp`.
 #[derive(Debug, Args)]
 pub struct MockIdpArgs {
@@ -163,6 +181,24 @@ pub struct DemoArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `authkeeper serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address, overriding `[server] listen` (HOST:PORT or unix:/path/broker.sock).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<authkeeper_server::Listen>,
+}
+
+/// `authkeeper keys`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh client key (once) and the `[[clients]]` entry to paste into the config.
+    New {
+        /// The client's name.
+        name: String,
+    },
 }
 
 /// Hidden testing tools.

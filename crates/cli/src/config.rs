@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use authkeeper_core::CredentialConfig;
+use authkeeper_server::{ClientConfig, ServerConfig};
 use serde::Deserialize;
 
 /// The default config file, looked up in the working directory.
@@ -19,14 +20,12 @@ pub struct Config {
     /// Where credentials are stored.
     #[serde(default)]
     pub store: StoreConfig,
-    /// Broker settings (read by `authkeeper serve`; accepted now so one file serves every version).
-    #[allow(dead_code, reason = "consumed by the broker")]
+    /// Broker settings (`authkeeper serve`).
     #[serde(default)]
-    pub server: Option<toml::Table>,
-    /// Broker clients (read by `authkeeper serve`).
-    #[allow(dead_code, reason = "consumed by the broker")]
+    pub server: ServerConfig,
+    /// Broker clients and what each may use (`authkeeper serve`).
     #[serde(default)]
-    pub clients: Vec<toml::Table>,
+    pub clients: Vec<ClientConfig>,
     /// Credentials by name.
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialConfig>,
@@ -138,7 +137,7 @@ mod tests {
 
             [[clients]]
             name = "scrapers"
-            key_sha256 = "00"
+            key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
             credentials = ["crm"]
 
             [credentials.crm]

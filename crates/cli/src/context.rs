@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use authkeeper_core::events::LogSink;
+use authkeeper_core::events::{LogSink, SharedSink};
 use authkeeper_core::{Keeper, KeeperSettings, Store, SystemClock};
 use authkeeper_store::{KeySettings, SqliteStore};
 
@@ -64,9 +64,23 @@ impl Context {
         names: &[&str],
         settings: KeeperSettings,
     ) -> anyhow::Result<Keeper> {
+        self.keeper_with_sinks(store, names, settings, Vec::new())
+    }
+
+    /// Like [`Context::keeper`], also reporting events to `sinks` (e.g. the broker's metrics).
+    pub fn keeper_with_sinks(
+        &self,
+        store: Arc<dyn Store>,
+        names: &[&str],
+        settings: KeeperSettings,
+        sinks: Vec<SharedSink>,
+    ) -> anyhow::Result<Keeper> {
         let mut builder = Keeper::builder(store, SystemClock::shared())
             .settings(settings)
             .event_sink(Arc::new(LogSink));
+        for sink in sinks {
+            builder = builder.event_sink(sink);
+        }
         for (name, credential) in &self.config.credentials {
             if names.is_empty() || names.contains(&name.as_str()) {
                 builder = builder.credential(name, credential.resolve(name)?);

@@ -5,6 +5,7 @@ mod bad_input;
 mod commands;
 mod cross_process;
 mod demo;
+mod exec;
 mod oidc_smoke;
 mod secrets;
 mod support;

@@ -2,9 +2,12 @@
 
 mod debug;
 mod demo;
+mod exec;
 mod import;
+mod keys;
 mod mock_idp;
 mod rekey;
+mod serve;
 mod status;
 mod token;
 
@@ -21,6 +24,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rekey(args) => rekey::run(&cli.global, args).await,
         Command::MockIdp(args) => mock_idp::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Exec(args) => exec::run(&cli.global, args).await,
+        Command::Serve(args) => serve::run(&cli.global, args).await,
+        Command::Keys(command) => keys::run(command),
         Command::Debug(command) => debug::run(&cli.global, command).await,
     }
 }

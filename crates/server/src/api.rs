@@ -1,0 +1,388 @@
+//! Handlers of the HTTP API v1 (`/v1/credentials...`), health, readiness, metrics and the
+//! OpenAPI document.
+
+use std::time::Duration;
+
+use authkeeper_core::backoff::CircuitState;
+use authkeeper_core::{
+    AccessToken, CredentialState, CredentialStatus, CredentialSummary, ExposeSecret as _, Timestamp,
+};
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::ClientIdentity;
+use crate::problem::{Problem, ProblemType};
+use crate::state::AppState;
+
+/// The OpenAPI 3.1 document of this API (`docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// How long readiness waits for the store.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The body of a token answer.
+#[derive(Debug, Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    generation: u64,
+}
+
+fn token_response(token: &AccessToken) -> Response {
+    let body = TokenBody {
+        access_token: token.secret().expose_secret(),
+        token_type: token.token_type(),
+        expires_at: token.expires_at().to_rfc3339(),
+        generation: token.generation(),
+    };
+    let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("pragma", HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Checks that `name` is well formed and that `client` may use it. An unknown credential gets
+/// the same `forbidden` answer as one the client may not use.
+pub(crate) fn authorize(
+    state: &AppState,
+    client: &ClientIdentity,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<String, Problem> {
+    let Path(name) = name.map_err(|_| Problem::invalid_request("malformed credential name"))?;
+    if authkeeper_core::store::validate_name(&name).is_err() {
+        return Err(Problem::invalid_request(
+            "a credential name is 1-128 ASCII letters, digits, '.', '_' or '-'",
+        ));
+    }
+    if !client.may_use(&name) || !state.is_configured(&name) {
+        return Err(Problem::forbidden());
+    }
+    Ok(name)
+}
+
+/// `?min_ttl=SECONDS`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenQuery {
+    #[serde(default)]
+    min_ttl: Option<u64>,
+}
+
+/// The longest `min_ttl` accepted (one year).
+const MAX_MIN_TTL: u64 = 365 * 24 * 3600;
+
+/// `GET /v1/credentials/{name}/token`.
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientIdentity>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Response {
+    let name = match authorize(&state, &client, name) {
+        Ok(name) => name,
+        Err(problem) => return problem.into_response(),
+    };
+    let min_ttl = match query {
+        Ok(Query(TokenQuery { min_ttl })) if min_ttl.unwrap_or(0) <= MAX_MIN_TTL => {
+            Duration::from_secs(min_ttl.unwrap_or(0))
+        }
+        _ => {
+            state
+                .metrics()
+                .token_request(&name, ProblemType::InvalidRequest.slug());
+            return Problem::invalid_request("min_ttl must be a whole number of seconds")
+                .with_credential(&name)
+                .into_response();
+        }
+    };
+    match state.keeper().token(&name, min_ttl).await {
+        Ok(token) => {
+            state.metrics().token_request(&name, "ok");
+            tracing::debug!(client = client.name(), credential = %name, generation = token.generation(), "token handed out");
+            token_response(&token)
+        }
+        Err(error) => {
+            let problem = Problem::from_keeper(&error, state.keeper().clock().now());
+            state.metrics().token_request(&name, problem.kind().slug());
+            tracing::warn!(client = client.name(), credential = %name, error = %error, "token request failed");
+            problem.into_response()
+        }
+    }
+}
+
+/// `{"generation": N}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectedBody {
+    generation: u64,
+}
+
+/// `POST /v1/credentials/{name}/rejected`.
+pub(crate) async fn rejected(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientIdentity>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = match authorize(&state, &client, name) {
+        Ok(name) => name,
+        Err(problem) => return problem.into_response(),
+    };
+    let request: RejectedBody = match read_json(&headers, body, state.config().max_body).await {
+        Ok(request) => request,
+        Err(problem) => return problem.with_credential(&name).into_response(),
+    };
+    match state.keeper().rejected(&name, request.generation).await {
+        Ok(token) => {
+            tracing::info!(
+                client = client.name(),
+                credential = %name,
+                rejected_generation = request.generation,
+                generation = token.generation(),
+                "token reported rejected"
+            );
+            token_response(&token)
+        }
+        Err(error) => {
+            tracing::warn!(client = client.name(), credential = %name, error = %error, "rejected report failed");
+            Problem::from_keeper(&error, state.keeper().clock().now()).into_response()
+        }
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes, answering problems for a wrong content type,
+/// an oversized body or invalid JSON.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, Problem> {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(Problem::new(
+            ProblemType::UnsupportedMediaType,
+            "the request body must be application/json",
+        ));
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Problem::payload_too_large(limit));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Problem::payload_too_large(limit));
+        }
+        Err(_) => {
+            return Err(Problem::invalid_request(
+                "the request body could not be read",
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|error| {
+        // serde_json's message names the field and position, never echoes the input.
+        Problem::invalid_request(format!("invalid JSON body: {error}"))
+    })
+}
+
+/// The public status of one credential.
+#[derive(Debug, Serialize)]
+struct StatusBody {
+    name: String,
+    state: &'static str,
+    expires_at: Option<String>,
+    generation: u64,
+    last_refresh_at: Option<String>,
+    failures: u32,
+    reason: Option<String>,
+    next_attempt_at: Option<String>,
+    circuit: &'static str,
+}
+
+fn circuit_name(state: Option<CircuitState>) -> &'static str {
+    match state {
+        Some(CircuitState::Closed) | None => "closed",
+        Some(CircuitState::Open { .. }) => "open",
+        Some(CircuitState::HalfOpen) => "half_open",
+    }
+}
+
+fn status_body(state: &AppState, name: &str, summary: Option<&CredentialSummary>) -> StatusBody {
+    let memory = state.keeper().status(name).unwrap_or_default();
+    let status: CredentialStatus = match summary {
+        Some(summary) if memory == CredentialStatus::default() => summary.status.clone(),
+        _ => memory,
+    };
+    let (state_name, reason) = match summary {
+        None if status == CredentialStatus::default() => (
+            CredentialState::NeedsReauth.as_str(),
+            Some("no tokens stored yet: import or log in".to_owned()),
+        ),
+        _ => (status.state.as_str(), status.reason.clone()),
+    };
+    StatusBody {
+        name: name.to_owned(),
+        state: state_name,
+        expires_at: summary.map(|s| s.expires_at.to_rfc3339()),
+        generation: summary.map_or(0, |s| s.generation),
+        last_refresh_at: status.last_refresh_at.map(Timestamp::to_rfc3339),
+        failures: status.failures,
+        reason,
+        next_attempt_at: status.next_attempt_at.map(Timestamp::to_rfc3339),
+        circuit: circuit_name(state.keeper().circuit_state(name)),
+    }
+}
+
+/// `GET /v1/credentials`: the credentials this client may use.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientIdentity>,
+) -> Response {
+    let summaries = match state.keeper().store().list().await {
+        Ok(summaries) => summaries,
+        Err(error) => {
+            tracing::warn!(error = %error, "store list failed");
+            return Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
+                .with_retry_after(Duration::from_secs(1))
+                .into_response();
+        }
+    };
+    let mut names: Vec<&str> = state
+        .keeper()
+        .credential_names()
+        .filter(|name| client.may_use(name))
+        .collect();
+    names.sort_unstable();
+    let credentials: Vec<StatusBody> = names
+        .into_iter()
+        .map(|name| {
+            let summary = summaries.iter().find(|s| s.name == name);
+            status_body(&state, name, summary)
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "credentials": credentials })).into_response()
+}
+
+/// `GET /v1/credentials/{name}`.
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientIdentity>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match authorize(&state, &client, name) {
+        Ok(name) => name,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.keeper().store().load(&name).await {
+        Ok(record) => {
+            let summary = record.map(|r| CredentialSummary {
+                name: r.name,
+                generation: r.generation,
+                expires_at: r.tokens.expires_at,
+                status: r.status,
+            });
+            axum::Json(status_body(&state, &name, summary.as_ref())).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(credential = %name, error = %error, "store load failed");
+            Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
+                .with_credential(&name)
+                .with_retry_after(Duration::from_secs(1))
+                .into_response()
+        }
+    }
+}
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: warm-up finished and the store answers.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.readiness().is_warmed_up() {
+        return Problem::new(ProblemType::NotReady, "loading credentials from the store")
+            .with_retry_after(Duration::from_secs(1))
+            .into_response();
+    }
+    match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.keeper().store().list()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "readiness: store failed");
+            return Problem::new(ProblemType::StoreUnavailable, "the store failed")
+                .with_retry_after(Duration::from_secs(1))
+                .into_response();
+        }
+        Err(_) => {
+            return Problem::new(
+                ProblemType::StoreUnavailable,
+                "the store did not answer in time",
+            )
+            .with_retry_after(Duration::from_secs(1))
+            .into_response();
+        }
+    }
+    let failures: Vec<_> = state
+        .readiness()
+        .failures()
+        .into_iter()
+        .map(|f| {
+            serde_json::json!({ "credential": f.credential, "class": f.class, "detail": f.detail })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "status": "ready", "warm_up_failures": failures }))
+        .into_response()
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let keeper = state.keeper();
+    if let Ok(Ok(summaries)) =
+        tokio::time::timeout(STORE_PROBE_TIMEOUT, keeper.store().list()).await
+    {
+        state
+            .metrics()
+            .update_credentials(&summaries, keeper, keeper.clock().now());
+    }
+    match state.metrics().encode() {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => Problem::internal("metrics could not be encoded").into_response(),
+    }
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn openapi() -> Response {
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
+        .into_response()
+}

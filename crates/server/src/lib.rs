@@ -1,0 +1,27 @@
+//! authkeeper-server: the broker behind `authkeeper serve`.
+//!
+//! - [`config`]: the `[server]` and `[[clients]]` tables.
+//! - [`broker`]: binding (TCP, TLS, Unix socket), serving, graceful shutdown ([`Broker`]).
+//! - [`app`]: the router ([`router`]) with authentication, logging and timeouts.
+//! - [`api`] handlers, [`auth`] client keys, [`metrics`] Prometheus metrics, [`problem`]
+//!   RFC 9457 errors, [`proxy`] the credential-injecting reverse proxy, [`state`] shared state.
+//!
+//! Tests start the real broker in-process with [`Broker::start`] on `127.0.0.1:0`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+pub mod state;
+
+pub use app::router;
+pub use auth::{ClientIdentity, ClientKeys, NewKey};
+pub use broker::{BoundAddr, Broker, BrokerConfig, BrokerError, serve, upstreams_from};
+pub use config::{ClientConfig, Listen, ServerConfig, TlsConfig};
+pub use metrics::Metrics;
+pub use problem::{Problem, ProblemType};
+pub use state::AppState;

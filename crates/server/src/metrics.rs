@@ -1,0 +1,277 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format).
+//!
+//! [`Metrics`] is an [`EventSink`] registered on the Keeper (refresh counters and latency,
+//! rejections), a [`ProxyObserver`] for the proxy, and is called by the API handlers for token
+//! requests. Gauges describing credentials (seconds until expiry, needing re-auth, circuit
+//! state) are recomputed at every scrape from the store and the Keeper.
+
+use std::sync::atomic::AtomicU64;
+
+use authkeeper_core::events::{Event, EventSink};
+use authkeeper_core::{CredentialState, CredentialSummary, Keeper, Timestamp};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::proxy::ProxyObserver;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    credential: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    credential: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshedLabels {
+    credential: String,
+    refreshed: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    credential: String,
+    status: String,
+}
+
+/// The broker's metrics. Cheap to share (`Arc<Metrics>`); safe for concurrent use.
+pub struct Metrics {
+    registry: Registry,
+    refreshes: Family<ResultLabels, Counter>,
+    refresh_duration: Histogram,
+    token_expiry: Family<CredentialLabel, Gauge<f64, AtomicU64>>,
+    token_requests: Family<OutcomeLabels, Counter>,
+    rejections: Family<RefreshedLabels, Counter>,
+    proxy_requests: Family<StatusLabels, Counter>,
+    needing_reauth: Gauge,
+    circuit_state: Family<CredentialLabel, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (prefix `authkeeper_`).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("authkeeper");
+        let refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "refreshes",
+            "Token refreshes by credential and result (ok, transient, needs_reauth, configuration, permission)",
+            refreshes.clone(),
+        );
+        let refresh_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "refresh_duration_seconds",
+            "Time spent at the token endpoint per refresh attempt",
+            refresh_duration.clone(),
+        );
+        let token_expiry = Family::<CredentialLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_expiry_seconds",
+            "Seconds until the current access token expires (negative when expired)",
+            token_expiry.clone(),
+        );
+        let token_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token API requests by credential and outcome (ok or a problem type)",
+            token_requests.clone(),
+        );
+        let rejections = Family::<RefreshedLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Tokens reported rejected, by whether that caused a refresh",
+            rejections.clone(),
+        );
+        let proxy_requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Proxied requests by credential and response status",
+            proxy_requests.clone(),
+        );
+        let needing_reauth = Gauge::default();
+        registry.register(
+            "credentials_needing_reauth",
+            "Credentials a human or login method must re-authenticate",
+            needing_reauth.clone(),
+        );
+        let circuit_state = Family::<CredentialLabel, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit breaker of the credential's token endpoint: 0 closed, 1 open, 2 half-open",
+            circuit_state.clone(),
+        );
+        Metrics {
+            registry,
+            refreshes,
+            refresh_duration,
+            token_expiry,
+            token_requests,
+            rejections,
+            proxy_requests,
+            needing_reauth,
+            circuit_state,
+        }
+    }
+
+    /// Counts one token API request (`outcome`: `ok` or a problem slug).
+    pub fn token_request(&self, credential: &str, outcome: &str) {
+        self.token_requests
+            .get_or_create(&OutcomeLabels {
+                credential: credential.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Recomputes the per-credential gauges from the store's summaries and the Keeper.
+    pub fn update_credentials(
+        &self,
+        summaries: &[CredentialSummary],
+        keeper: &Keeper,
+        now: Timestamp,
+    ) {
+        let mut needing_reauth = 0;
+        for summary in summaries {
+            let label = CredentialLabel {
+                credential: summary.name.clone(),
+            };
+            self.token_expiry
+                .get_or_create(&label)
+                .set(summary.expires_at.millis_since(now) as f64 / 1000.0);
+            let state = keeper
+                .status(&summary.name)
+                .filter(|s| *s != Default::default())
+                .map_or(summary.status.state, |s| s.state);
+            if state == CredentialState::NeedsReauth {
+                needing_reauth += 1;
+            }
+        }
+        self.needing_reauth.set(needing_reauth);
+        for name in keeper.credential_names() {
+            if let Some(circuit) = keeper.circuit_state(name) {
+                self.circuit_state
+                    .get_or_create(&CredentialLabel {
+                        credential: name.to_owned(),
+                    })
+                    .set(i64::from(circuit.code()));
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl EventSink for Metrics {
+    fn on_event(&self, event: &Event<'_>) {
+        match event {
+            Event::Refreshed { name, latency, .. } => {
+                self.refreshes
+                    .get_or_create(&ResultLabels {
+                        credential: (*name).to_owned(),
+                        result: "ok".to_owned(),
+                    })
+                    .inc();
+                self.refresh_duration.observe(latency.as_secs_f64());
+            }
+            Event::RefreshFailed {
+                name,
+                class,
+                latency,
+                ..
+            } => {
+                self.refreshes
+                    .get_or_create(&ResultLabels {
+                        credential: (*name).to_owned(),
+                        result: class.as_str().to_owned(),
+                    })
+                    .inc();
+                self.refresh_duration.observe(latency.as_secs_f64());
+            }
+            Event::Rejected {
+                name, refreshed, ..
+            } => {
+                self.rejections
+                    .get_or_create(&RefreshedLabels {
+                        credential: (*name).to_owned(),
+                        refreshed: refreshed.to_string(),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ProxyObserver for Metrics {
+    fn proxy_response(&self, credential: &str, status: u16) {
+        self.proxy_requests
+            .get_or_create(&StatusLabels {
+                credential: credential.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use authkeeper_core::Trigger;
+
+    #[test]
+    fn counts_refreshes_and_proxy_responses() {
+        let metrics = Metrics::new();
+        metrics.on_event(&Event::Refreshed {
+            name: "crm",
+            generation: 2,
+            trigger: Trigger::Proactive,
+            latency: Duration::from_millis(20),
+            expires_at: Timestamp::from_secs(100),
+        });
+        metrics.proxy_response("crm", 200);
+        metrics.token_request("crm", "ok");
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains("authkeeper_refreshes_total{credential=\"crm\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("authkeeper_proxy_requests_total{credential=\"crm\",status=\"200\"} 1")
+        );
+        assert!(text.contains("authkeeper_refresh_duration_seconds_count 1"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The shared application state handed to every handler.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use authkeeper_core::Keeper;
+
+use crate::auth::{ClientKeyError, ClientKeys};
+use crate::config::{ClientConfig, ServerConfig};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyConfig, ProxyError, Upstream};
+
+/// Why the application state could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// `[[clients]]` is invalid.
+    #[error(transparent)]
+    Clients(#[from] ClientKeyError),
+    /// The proxy could not be built.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+/// A credential that failed to load at start-up.
+#[derive(Debug, Clone)]
+pub struct WarmUpFailure {
+    /// The credential.
+    pub credential: String,
+    /// The error class (`needs_reauth`, `transient`...).
+    pub class: &'static str,
+    /// What went wrong (never a secret).
+    pub detail: String,
+}
+
+/// Whether start-up work has finished, and how it went.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    warmed_up: AtomicBool,
+    failures: Mutex<Vec<WarmUpFailure>>,
+}
+
+impl Readiness {
+    /// Records the end of warm-up.
+    pub fn finish(&self, failures: Vec<WarmUpFailure>) {
+        if let Ok(mut slot) = self.failures.lock() {
+            *slot = failures;
+        }
+        self.warmed_up.store(true, Ordering::Release);
+    }
+
+    /// Whether warm-up has finished.
+    pub fn is_warmed_up(&self) -> bool {
+        self.warmed_up.load(Ordering::Acquire)
+    }
+
+    /// The credentials that failed to load.
+    pub fn failures(&self) -> Vec<WarmUpFailure> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keeper: Keeper,
+    keys: ClientKeys,
+    metrics: Arc<Metrics>,
+    proxy: Proxy,
+    upstreams: HashMap<String, ()>,
+    config: ServerConfig,
+    readiness: Readiness,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("keeper", &self.inner.keeper)
+            .field("clients", &self.inner.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state: validates the client keys and builds the proxy over `upstreams`.
+    /// `metrics` should be the sink registered on `keeper` so refreshes are counted.
+    pub fn new(
+        keeper: Keeper,
+        config: ServerConfig,
+        clients: &[ClientConfig],
+        upstreams: HashMap<String, Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Result<AppState, StateError> {
+        let keys = ClientKeys::new(clients)?;
+        let names = upstreams.keys().map(|k| (k.clone(), ())).collect();
+        let observer: Arc<dyn crate::proxy::ProxyObserver> = metrics.clone();
+        let proxy = Proxy::new(
+            keeper.clone(),
+            upstreams,
+            ProxyConfig {
+                replay_limit: config.proxy_replay_limit,
+                timeout: config.proxy_timeout,
+            },
+            Some(observer),
+        )?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                keeper,
+                keys,
+                metrics,
+                proxy,
+                upstreams: names,
+                config,
+                readiness: Readiness::default(),
+            }),
+        })
+    }
+
+    /// The engine.
+    pub fn keeper(&self) -> &Keeper {
+        &self.inner.keeper
+    }
+
+    /// The client keys.
+    pub fn keys(&self) -> &ClientKeys {
+        &self.inner.keys
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The reverse proxy.
+    pub fn proxy(&self) -> &Proxy {
+        &self.inner.proxy
+    }
+
+    /// Whether `credential` has an `upstream` (is reachable through `/proxy`).
+    pub fn has_upstream(&self, credential: &str) -> bool {
+        self.inner.upstreams.contains_key(credential)
+    }
+
+    /// The `[server]` settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// Start-up progress.
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
+    }
+
+    /// Whether `credential` is configured in the Keeper.
+    pub fn is_configured(&self, credential: &str) -> bool {
+        self.inner.keeper.status(credential).is_some()
+    }
+}

@@ -1,0 +1,10 @@
+//! Broker integration tests.
+
+mod common;
+
+mod bad_input;
+mod keys;
+mod listeners;
+mod load;
+mod openapi;
+mod shutdown;
