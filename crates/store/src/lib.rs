@@ -6,6 +6,8 @@
 //!   the store).
 //! - [`sqlite`]: [`SqliteStore`], the embedded [`authkeeper_core::Store`] for one machine.
 //! - [`lock`]: the per-credential OS locks behind the SQLite refresh lease.
+//! - [`redis`] (feature `redis`, on by default): [`RedisStore`], the shared store for several
+//!   broker replicas, with a fenced refresh lease and pub/sub change propagation.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), authkeeper_core::StoreError> {
@@ -25,9 +27,13 @@
 pub mod key;
 pub mod lock;
 mod migrations;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod seal;
 pub mod sqlite;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{ChangeEvent, RedisHealth, RedisOptions, RedisStore, RedisUrl};
 pub use key::{KeyError, KeyOrigin, KeySettings, ResolvedKey};
 pub use seal::{KeyId, Keyring, SealError, SealKey};
 pub use sqlite::SqliteStore;

@@ -6,4 +6,10 @@ mod corruption;
 mod encryption;
 mod keys;
 mod leases;
+#[cfg(feature = "redis")]
+mod redis_conformance;
+#[cfg(feature = "redis")]
+mod redis_server;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod rekey;

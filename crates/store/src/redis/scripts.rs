@@ -1,0 +1,127 @@
+//! The Lua scripts that make each Redis store operation atomic. Each touches only one
+//! credential's keys (one cluster slot) and publishes what it changed on the events channel.
+//!
+//! Scripts return arrays of strings so large integers (millisecond timestamps) never pass
+//! through Lua's floating-point numbers.
+
+use ::redis::Script;
+
+/// Writes a sealed token set as the next generation and resets the status to valid.
+///
+/// KEYS: state, lease. ARGV: mode (`put` | `cas`), expected generation, fence (`""`: none),
+/// sealed, expires_at, last_refresh_at (`""`: none), channel, name.
+/// Returns `{"1", generation}` or `{"0", current generation}` on a conflict.
+const WRITE: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'generation') or '0'
+if ARGV[1] == 'cas' then
+  if current ~= ARGV[2] then return {'0', current} end
+  if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[3] then
+    return {'0', current}
+  end
+end
+local generation = tostring(redis.call('HINCRBY', KEYS[1], 'generation', 1))
+redis.call('HSET', KEYS[1], 'sealed', ARGV[4], 'expires_at', ARGV[5], 'state', 'valid', 'failures', '0')
+redis.call('HDEL', KEYS[1], 'reason', 'next_attempt_at')
+if ARGV[6] == '' then
+  redis.call('HDEL', KEYS[1], 'last_refresh_at')
+else
+  redis.call('HSET', KEYS[1], 'last_refresh_at', ARGV[6])
+end
+redis.call('PUBLISH', ARGV[7], ARGV[8] .. ' ' .. generation)
+return {'1', generation}
+"#;
+
+/// Replaces the status of generation ARGV[1] if it is still the stored one.
+///
+/// KEYS: state. ARGV: generation, state, failures, last_refresh_at (`""`: none), has reason
+/// (`1`/`0`), reason, next_attempt_at (`""`: none), channel, name. Returns 1 when written.
+const SET_STATUS: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'generation')
+if not current or current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'failures', ARGV[3])
+local function optional(field, value)
+  if value == '' then redis.call('HDEL', KEYS[1], field) else redis.call('HSET', KEYS[1], field, value) end
+end
+optional('last_refresh_at', ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[6])
+else
+  redis.call('HDEL', KEYS[1], 'reason')
+end
+optional('next_attempt_at', ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. ' ' .. current)
+return 1
+"#;
+
+/// Deletes a credential's state (its lease hash, and so its fence, stays).
+///
+/// KEYS: state. ARGV: channel, name. Returns 1 when something was deleted.
+const DELETE: &str = r#"
+local deleted = redis.call('DEL', KEYS[1])
+if deleted == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' 0') end
+return deleted
+"#;
+
+/// Takes the lease unless an unexpired one is held; expiry is judged with the caller's `now`.
+///
+/// KEYS: lease. ARGV: owner, now (ms), expires_at (ms).
+/// Returns `{"0", held_until}` when busy, or `{"1", fence, abandoned (0/1), previous owner}`.
+const ACQUIRE: &str = r#"
+local held = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
+if held[1] and tonumber(held[2] or '0') > tonumber(ARGV[2]) then
+  return {'0', held[2]}
+end
+local fence = tostring(redis.call('HINCRBY', KEYS[1], 'fence', 1))
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'expires_at', ARGV[3])
+local abandoned = '0'
+if held[1] then abandoned = '1' end
+return {'1', fence, abandoned, held[1] or ''}
+"#;
+
+/// Releases the lease if owner and fence still match; publishes the release.
+///
+/// KEYS: lease. ARGV: owner, fence, channel, name. Returns 1 when released.
+const RELEASE: &str = r#"
+local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
+if held[1] == ARGV[1] and held[2] == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owner', 'expires_at')
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' released')
+  return 1
+end
+return 0
+"#;
+
+/// Extends the lease if owner and fence still match (no one took it over).
+///
+/// KEYS: lease. ARGV: owner, fence, new expires_at (ms). Returns 1 when renewed.
+const RENEW: &str = r#"
+local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
+if held[1] == ARGV[1] and held[2] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// The compiled scripts (`EVALSHA`, loaded again automatically after a Redis restart).
+pub(crate) struct Scripts {
+    pub(crate) write: Script,
+    pub(crate) set_status: Script,
+    pub(crate) delete: Script,
+    pub(crate) acquire: Script,
+    pub(crate) release: Script,
+    pub(crate) renew: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            write: Script::new(WRITE),
+            set_status: Script::new(SET_STATUS),
+            delete: Script::new(DELETE),
+            acquire: Script::new(ACQUIRE),
+            release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+        }
+    }
+}
