@@ -65,6 +65,10 @@ pub enum Command {
     /// Manage broker client keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Log a credential in: device code, browser (authorization code + PKCE) or login command.
+    Login(crate::commands::login::LoginArgs),
+    /// Revoke a credential's tokens at the provider and delete them.
+    Logout(crate::commands::logout::LogoutArgs),
     /// Tools for testing authkeeper itself.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),

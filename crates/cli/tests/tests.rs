@@ -6,6 +6,7 @@ mod commands;
 mod cross_process;
 mod demo;
 mod exec;
+mod login;
 mod oidc_smoke;
 mod secrets;
 mod support;

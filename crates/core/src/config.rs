@@ -66,6 +66,67 @@ pub struct CredentialConfig {
     /// Refresh in the background before expiry even when nobody asks (default true).
     #[serde(default = "defaults::heartbeat")]
     pub heartbeat: bool,
+    /// RFC 8628 device authorization endpoint (default: from the issuer's discovery document).
+    #[serde(default)]
+    pub device_authorization_url: Option<Url>,
+    /// Authorization endpoint for the authorization code flow (default: from discovery).
+    #[serde(default)]
+    pub authorization_url: Option<Url>,
+    /// RFC 7009 revocation endpoint used by `authkeeper logout` (default: from discovery).
+    #[serde(default)]
+    pub revocation_url: Option<Url>,
+    /// How `authkeeper login` (and, later, automatic re-authentication) acquires tokens.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// How a credential is logged in when refresh cannot help: the `login` table of a credential.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// `device`, `pkce` or `command`; default: `command` when `command` is set, else `device`
+    /// when the provider has a device authorization endpoint, else `pkce`.
+    #[serde(default)]
+    pub method: Option<LoginMethod>,
+    /// The external login program (run with `sh -c`), which prints a token response JSON on
+    /// stdout. Required with `method = "command"`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// How long a login may take (default 5m for device/pkce, 2m for a command).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Loopback port of the authorization code redirect listener (default 0: any free port).
+    #[serde(default)]
+    pub redirect_port: u16,
+    /// Open the system browser for the authorization code flow (default true).
+    #[serde(default)]
+    pub open_browser: Option<bool>,
+    /// Extra parameters added to the authorization request (e.g. `prompt = "consent"`).
+    #[serde(default)]
+    pub authorization_params: BTreeMap<String, String>,
+}
+
+/// A login method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginMethod {
+    /// The device authorization grant (RFC 8628).
+    Device,
+    /// Authorization code with PKCE and a loopback redirect (RFC 7636, RFC 8252).
+    Pkce,
+    /// An external program printing a token response.
+    Command,
+}
+
+impl LoginMethod {
+    /// The config name of the method.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginMethod::Device => "device",
+            LoginMethod::Pkce => "pkce",
+            LoginMethod::Command => "command",
+        }
+    }
 }
 
 /// How a token is presented to an upstream API: a header (default `Authorization` with the

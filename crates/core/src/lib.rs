@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod grant;
 pub mod keeper;
+pub mod login;
 pub mod memory_store;
 pub mod policy;
 pub mod secret_ref;

@@ -11,6 +11,7 @@ use authkeeper_core::clock::{SharedClock, SystemClock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::MockError;
+pub use crate::login::DeviceOutcome;
 
 /// How the IdP and the API report errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -73,6 +74,29 @@ pub struct Knobs {
     /// Refresh responses carry no `refresh_token` (a provider that neither rotates nor resends
     /// it). Implies no rotation while on.
     pub omit_refresh_token_on_refresh: bool,
+    /// Device flow: the first this many polls are answered `slow_down` (default 0).
+    pub device_slow_down_polls: u32,
+    /// Device flow: the next this many polls are answered `authorization_pending` (default 0).
+    pub device_pending_polls: u32,
+    /// Device flow: how the authorization ends after the scripted polls (default approve).
+    pub device_outcome: DeviceOutcome,
+    /// Device flow: the `interval` sent, in seconds; `None` (default): none, like oidc-provider.
+    pub device_interval_secs: Option<u64>,
+    /// Device flow: the device code's `expires_in`, in seconds (default 600).
+    pub device_expires_in_secs: u64,
+    /// Device flow: send `verification_uri_complete` (default true).
+    pub device_verification_uri_complete: bool,
+    /// `/authorize`: redirect back with this `error` (e.g. `access_denied`) instead of a code.
+    pub authorize_error: Option<String>,
+    /// `/authorize`: redirect back with a `state` other than the one sent.
+    pub authorize_wrong_state: bool,
+    /// `/authorize`: redirect back with an `iss` other than the issuer (RFC 9207 mix-up).
+    pub authorize_wrong_iss: bool,
+    /// `/authorize`: leave `iss` out of the redirect.
+    pub authorize_omit_iss: bool,
+    /// `/authorize`: store a wrong PKCE challenge, so the client's correct verifier is rejected
+    /// at the code exchange.
+    pub pkce_corrupt_challenge: bool,
 }
 
 impl Default for Knobs {
@@ -96,6 +120,17 @@ impl Default for Knobs {
             jwt_access_tokens: false,
             error_style: ErrorStyle::Standard,
             omit_refresh_token_on_refresh: false,
+            device_slow_down_polls: 0,
+            device_pending_polls: 0,
+            device_outcome: DeviceOutcome::Approve,
+            device_interval_secs: None,
+            device_expires_in_secs: 600,
+            device_verification_uri_complete: true,
+            authorize_error: None,
+            authorize_wrong_state: false,
+            authorize_wrong_iss: false,
+            authorize_omit_iss: false,
+            pkce_corrupt_challenge: false,
         }
     }
 }

@@ -18,10 +18,19 @@ pub fn document(issuer: &str) -> Value {
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/token"),
         "revocation_endpoint": format!("{issuer}/revoke"),
-        "grant_types_supported": ["refresh_token", "client_credentials"],
+        "device_authorization_endpoint": format!("{issuer}/device/auth"),
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "authorization_response_iss_parameter_supported": true,
+        "code_challenge_methods_supported": ["S256"],
+        "grant_types_supported": [
+            "refresh_token",
+            "client_credentials",
+            "authorization_code",
+            "urn:ietf:params:oauth:grant-type:device_code",
+        ],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
         "scopes_supported": ["api.read", "api.write", "admin"],
     })
 }

@@ -5,7 +5,9 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `POST /token` | RFC 6749 `refresh_token` and `client_credentials` grants |
+//! | `POST /token` | RFC 6749 `refresh_token`, `client_credentials` and `authorization_code` (PKCE S256) grants; RFC 8628 device-code grant |
+//! | `POST /device/auth` | RFC 8628 device authorization (approves by itself per the `device_*` knobs) |
+//! | `GET /authorize` | auto-approving authorization endpoint: redirects back with `code`, `state`, `iss` (`authorize_*` knobs) |
 //! | `POST /revoke` | RFC 7009 revocation (a refresh token revokes its whole grant) |
 //! | `GET /.well-known/openid-configuration` | discovery (also `/.well-known/oauth-authorization-server`) |
 //! | `ANY /api/{*rest}` | protected API (RFC 6750); `/api/admin/...` needs the `admin` scope |
@@ -25,6 +27,7 @@ mod api;
 mod config;
 mod discovery;
 mod error;
+mod login;
 mod state;
 mod token_endpoint;
 mod tokens;
@@ -38,7 +41,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::api::ADMIN_SCOPE;
-pub use crate::config::{ErrorStyle, Knobs, MockClient, MockConfig};
+pub use crate::config::{DeviceOutcome, ErrorStyle, Knobs, MockClient, MockConfig};
 pub use crate::discovery::document as discovery_document;
 pub use crate::error::MockError;
 pub use crate::state::{GrantInfo, IdpState, Stats};
@@ -51,6 +54,8 @@ pub fn router(state: IdpState) -> Router {
     Router::new()
         .route("/token", post(token_endpoint::token))
         .route("/revoke", post(token_endpoint::revoke))
+        .route("/device/auth", post(login::device_authorization))
+        .route("/authorize", get(login::authorize))
         .route(
             "/.well-known/openid-configuration",
             get(discovery::configuration),
@@ -129,6 +134,16 @@ impl MockIdp {
     /// `{base}/token`.
     pub fn token_url(&self) -> String {
         format!("{}/token", self.base_url)
+    }
+
+    /// `{base}/device/auth`.
+    pub fn device_authorization_url(&self) -> String {
+        format!("{}/device/auth", self.base_url)
+    }
+
+    /// `{base}/authorize`.
+    pub fn authorization_url(&self) -> String {
+        format!("{}/authorize", self.base_url)
     }
 
     /// `{base}/revoke`.

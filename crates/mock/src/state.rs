@@ -49,6 +49,12 @@ pub struct Stats {
     pub faults_injected: u64,
     /// `POST /revoke` requests.
     pub revocations: u64,
+    /// `POST /device/auth` requests answered with a device code.
+    pub device_authorizations: u64,
+    /// `POST /token` polls with the device-code grant.
+    pub device_polls: u64,
+    /// `GET /authorize` requests.
+    pub authorizations: u64,
     /// API requests answered 200.
     pub api_ok: u64,
     /// API requests answered 401.
@@ -99,6 +105,9 @@ pub(crate) struct Counters {
     pub invalid_client: AtomicU64,
     pub faults_injected: AtomicU64,
     pub revocations: AtomicU64,
+    pub device_authorizations: AtomicU64,
+    pub device_polls: AtomicU64,
+    pub authorizations: AtomicU64,
     pub api_ok: AtomicU64,
     pub api_unauthorized: AtomicU64,
     pub api_forbidden: AtomicU64,
@@ -252,6 +261,7 @@ struct Shared {
     knobs: RwLock<Arc<Knobs>>,
     store: RwLock<Store>,
     counters: Counters,
+    login: crate::login::LoginState,
 }
 
 /// The IdP's state, cheap to clone (an `Arc`); the axum router's state.
@@ -289,6 +299,7 @@ impl IdpState {
                 knobs: RwLock::new(Arc::new(knobs)),
                 store: RwLock::new(Store::default()),
                 counters: Counters::default(),
+                login: crate::login::LoginState::default(),
             }),
         })
     }
@@ -323,6 +334,16 @@ impl IdpState {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// Pending device authorizations and authorization codes.
+    pub(crate) fn login(&self) -> &crate::login::LoginState {
+        &self.shared.login
+    }
+
+    /// Whether a client with this id is registered.
+    pub(crate) fn client_exists(&self, client_id: &str) -> bool {
+        self.client(client_id).is_some()
     }
 
     /// The client with this id and secret, if any.
@@ -665,6 +686,9 @@ impl IdpState {
             invalid_client: load(&c.invalid_client),
             faults_injected: load(&c.faults_injected),
             revocations: load(&c.revocations),
+            device_authorizations: load(&c.device_authorizations),
+            device_polls: load(&c.device_polls),
+            authorizations: load(&c.authorizations),
             api_ok: load(&c.api_ok),
             api_unauthorized: load(&c.api_unauthorized),
             api_forbidden: load(&c.api_forbidden),

@@ -1,5 +1,6 @@
-//! `POST /token` (RFC 6749: `refresh_token` and `client_credentials` grants) and `POST /revoke`
-//! (RFC 7009), with client authentication, injected faults and latency.
+//! `POST /token` (RFC 6749: `refresh_token` and `client_credentials` grants; the device-code and
+//! authorization-code grants are in [`crate::login`]) and `POST /revoke` (RFC 7009), with client
+//! authentication, injected faults and latency.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,12 +46,27 @@ pub async fn token(State(state): State<IdpState>, headers: HeaderMap, body: Byte
             );
         }
         Some(kind @ ("refresh_token" | "client_credentials")) => kind,
+        Some(kind @ (crate::login::DEVICE_CODE_GRANT | "authorization_code")) => {
+            if let Some(fault) = injected_fault(&knobs) {
+                bump(&state.counters().faults_injected);
+                return fault;
+            }
+            let client = match authenticate(&state, &headers, &form) {
+                Ok(client) => client,
+                Err(failure) => return client_auth_error(&state, &knobs, failure),
+            };
+            return if kind == "authorization_code" {
+                crate::login::authorization_code_grant(&state, &knobs, client, &form)
+            } else {
+                crate::login::device_code_grant(&state, &knobs, client, &form)
+            };
+        }
         Some(_) => {
             return oauth_error(
                 &knobs,
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "only refresh_token and client_credentials are supported",
+                "only refresh_token, client_credentials, authorization_code and device_code are supported",
             );
         }
     };
@@ -147,7 +163,7 @@ fn no_store(headers: &mut HeaderMap) {
 }
 
 /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an error.
-fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, &'static str> {
+pub(crate) fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, &'static str> {
     let mut form = HashMap::new();
     for (key, value) in url::form_urlencoded::parse(body) {
         if form.insert(key.into_owned(), value.into_owned()).is_some() {
@@ -158,7 +174,7 @@ fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, &'static str> {
 }
 
 /// Why client authentication failed.
-enum AuthFailure {
+pub(crate) enum AuthFailure {
     /// 401 `invalid_client`.
     Invalid(&'static str),
     /// 400 `invalid_request`.
@@ -166,7 +182,7 @@ enum AuthFailure {
 }
 
 /// Authenticates by `client_secret_basic` or `client_secret_post` (not both).
-fn authenticate<'s>(
+pub(crate) fn authenticate<'s>(
     state: &'s IdpState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -231,7 +247,7 @@ fn form_decode(component: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn client_auth_error(state: &IdpState, knobs: &Knobs, failure: AuthFailure) -> Response {
+pub(crate) fn client_auth_error(state: &IdpState, knobs: &Knobs, failure: AuthFailure) -> Response {
     match failure {
         AuthFailure::Invalid(description) => {
             bump(&state.counters().invalid_client);

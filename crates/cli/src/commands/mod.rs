@@ -5,6 +5,8 @@ mod demo;
 mod exec;
 mod import;
 mod keys;
+pub mod login;
+pub mod logout;
 mod mock_idp;
 mod rekey;
 mod serve;
@@ -27,6 +29,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(&cli.global, args).await,
         Command::Serve(args) => serve::run(&cli.global, args).await,
         Command::Keys(command) => keys::run(command),
+        Command::Login(args) => login::run(&cli.global, args).await,
+        Command::Logout(args) => logout::run(&cli.global, args).await,
         Command::Debug(command) => debug::run(&cli.global, command).await,
     }
 }

@@ -322,6 +322,30 @@ impl OidcProvider {
         Ok(body)
     }
 
+    /// Plays the browser for an authorization URL built by someone else (e.g. `authkeeper
+    /// login` with `--no-browser`): logs in as `subject`, consents, and returns the URL the
+    /// provider finally redirects to (the caller's `redirect_uri` with `code`, `state`, `iss`),
+    /// without requesting it.
+    pub async fn authorize_in_browser(
+        &self,
+        authorization_url: &str,
+        subject: &str,
+    ) -> Result<Url> {
+        let url = Url::parse(authorization_url)?;
+        let redirect_uri = url
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| anyhow!("no redirect_uri in {url}"))?;
+        let (callback, page) = self
+            .drive_interactions(browser_client()?, url, &redirect_uri, subject)
+            .await?;
+        if let Some(page) = page {
+            bail!("login flow ended at {callback} instead of the redirect URI:\n{page}");
+        }
+        Ok(callback)
+    }
+
     /// Completes a device authorization (RFC 8628) as the user would in a browser: enters
     /// `user_code` at `/device`, confirms, logs in as `subject` and consents. Afterwards the
     /// device-code grant at `/token` succeeds.
