@@ -179,65 +179,33 @@ impl OAuthClient {
         now: Timestamp,
     ) -> Result<TokenResponse, RefreshError> {
         let url = self.token_url().await?;
-        let (body, authorization) = self.encode_request(grant)?;
-        let mut request = self
-            .http
-            .post(url)
-            .timeout(self.config.timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(value) = authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
-        let response = request
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body.as_bytes().to_vec())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
-        let bytes = read_limited(response).await?;
-        if !(200..300).contains(&status) {
-            return Err(RefreshError::from_error_response(
-                status,
-                &bytes,
-                retry_after,
-            ));
-        }
-        match TokenResponse::parse(&bytes) {
-            Ok(ParsedTokenBody::Tokens(tokens)) => Ok(tokens),
-            Ok(ParsedTokenBody::Error(embedded)) => Err(RefreshError::OAuth {
-                status,
-                code: embedded.error,
-                description: embedded.description,
-                retry_after,
-            }),
-            Err(source) => Err(RefreshError::InvalidResponse { status, source }),
-        }
+        // The form serializer is not `Send`: it lives only in this block, before any await.
+        let (body, authorization) = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            match grant {
+                GrantRequest::RefreshToken(token) => {
+                    form.append_pair("grant_type", "refresh_token");
+                    form.append_pair("refresh_token", token.expose_secret());
+                }
+                GrantRequest::ClientCredentials => {
+                    form.append_pair("grant_type", "client_credentials");
+                }
+            }
+            self.add_request_params(&mut form, true);
+            self.finish_form(form)?
+        };
+        self.post_encoded(url, body, authorization, now)
+            .await?
+            .into_token_response()
     }
-    /// Encodes the form body (zeroized on drop) and the Basic authorization header, if any.
-    fn encode_request(
+
+    /// Adds the configured `scope` (when `with_scope`), `audience` and extra parameters.
+    pub(crate) fn add_request_params(
         &self,
-        grant: &GrantRequest<'_>,
-    ) -> Result<(Zeroizing<String>, Option<reqwest::header::HeaderValue>), RefreshError> {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        match grant {
-            GrantRequest::RefreshToken(token) => {
-                form.append_pair("grant_type", "refresh_token");
-                form.append_pair("refresh_token", token.expose_secret());
-            }
-            GrantRequest::ClientCredentials => {
-                form.append_pair("grant_type", "client_credentials");
-            }
-        }
-        if !self.config.scopes.is_empty() {
+        form: &mut url::form_urlencoded::Serializer<'_, String>,
+        with_scope: bool,
+    ) {
+        if with_scope && !self.config.scopes.is_empty() {
             form.append_pair("scope", &self.config.scopes.join(" "));
         }
         if let Some(audience) = &self.config.audience {
@@ -246,6 +214,14 @@ impl OAuthClient {
         for (key, value) in &self.config.extra_params {
             form.append_pair(key, value);
         }
+    }
+
+    /// Adds the client authentication to `form` (post, none) or as a Basic header, and returns
+    /// the encoded body (zeroized on drop) with that header.
+    pub(crate) fn finish_form(
+        &self,
+        mut form: url::form_urlencoded::Serializer<'_, String>,
+    ) -> Result<(Zeroizing<String>, Option<reqwest::header::HeaderValue>), RefreshError> {
         let mut authorization = None;
         match self.config.auth {
             ClientAuth::ClientSecretBasic => {
@@ -258,14 +234,16 @@ impl OAuthClient {
                         .unwrap_or(""),
                 ));
                 let credentials = Zeroizing::new(format!("{}:{}", id.as_str(), secret.as_str()));
-                let encoded = Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes()),
-                );
+                let encoded = Zeroizing::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
+                ));
                 let mut value =
-                    reqwest::header::HeaderValue::try_from(format!("Basic {}", encoded.as_str()))
-                        .map_err(|_| RefreshError::Transport {
-                        kind: TransportKind::Other,
-                        message: "client credentials cannot be sent in a header".into(),
+                    reqwest::header::HeaderValue::try_from(encoded.as_str()).map_err(|_| {
+                        RefreshError::Transport {
+                            kind: TransportKind::Other,
+                            message: "client credentials cannot be sent in a header".into(),
+                        }
                     })?;
                 value.set_sensitive(true);
                 authorization = Some(value);
@@ -282,6 +260,84 @@ impl OAuthClient {
         }
         Ok((Zeroizing::new(form.finish()), authorization))
     }
+
+    /// POSTs an encoded form to `url` and reads the answer (at most 1 MiB). `now` interprets
+    /// an HTTP-date `Retry-After`.
+    pub(crate) async fn post_encoded(
+        &self,
+        url: Url,
+        body: Zeroizing<String>,
+        authorization: Option<reqwest::header::HeaderValue>,
+        now: Timestamp,
+    ) -> Result<FormAnswer, RefreshError> {
+        let mut request = self
+            .http
+            .post(url)
+            .timeout(self.config.timeout)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request
+            .body(body.as_bytes().to_vec())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now));
+        let body = read_limited(response).await?;
+        Ok(FormAnswer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// The answer to a form POST at an OAuth endpoint.
+pub(crate) struct FormAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The server's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// The body (zeroized on drop).
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl FormAnswer {
+    /// Reads a token-endpoint answer: tokens, or the classified error.
+    pub(crate) fn into_token_response(self) -> Result<TokenResponse, RefreshError> {
+        let FormAnswer {
+            status,
+            retry_after,
+            body,
+        } = self;
+        if !(200..300).contains(&status) {
+            return Err(RefreshError::from_error_response(
+                status,
+                &body,
+                retry_after,
+            ));
+        }
+        match TokenResponse::parse(&body) {
+            Ok(ParsedTokenBody::Tokens(tokens)) => Ok(tokens),
+            Ok(ParsedTokenBody::Error(embedded)) => Err(RefreshError::OAuth {
+                status,
+                code: embedded.error,
+                description: embedded.description,
+                retry_after,
+            }),
+            Err(source) => Err(RefreshError::InvalidResponse { status, source }),
+        }
+    }
 }
 
 /// RFC 6749 §2.3.1: client id and secret are form-encoded before Basic encoding.
@@ -289,7 +345,7 @@ fn form_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn transport_error(error: reqwest::Error) -> RefreshError {
+pub(crate) fn transport_error(error: reqwest::Error) -> RefreshError {
     let kind = if error.is_timeout() {
         TransportKind::Timeout
     } else if error.is_connect() {
@@ -308,8 +364,10 @@ fn transport_error(error: reqwest::Error) -> RefreshError {
     RefreshError::Transport { kind, message }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
-    let mut body = Vec::new();
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+) -> Result<Zeroizing<Vec<u8>>, RefreshError> {
+    let mut body = Zeroizing::new(Vec::new());
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(RefreshError::Transport {

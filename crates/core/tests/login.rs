@@ -57,8 +57,7 @@ async fn harness_with(knobs: Knobs, issuer: bool) -> Harness {
         .build()
         .unwrap();
     let client = LoginClient::new(
-        OAuthClient::new(config, http.clone()),
-        http,
+        OAuthClient::new(config, http),
         shared,
         LoginEndpoints::default(),
     );

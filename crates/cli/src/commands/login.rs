@@ -95,8 +95,7 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCod
         .context("cannot build the HTTP client")?;
     let clock = SystemClock::shared();
     let client = LoginClient::new(
-        OAuthClient::new(settings.client.clone(), http.clone()),
-        http,
+        OAuthClient::new(settings.client.clone(), http),
         clock.clone(),
         login.endpoints.clone(),
     );

@@ -73,8 +73,7 @@ pub async fn run(global: &GlobalArgs, args: LogoutArgs) -> anyhow::Result<ExitCo
                 .build()
                 .context("cannot build the HTTP client")?;
             let client = LoginClient::new(
-                OAuthClient::new(settings.client, http.clone()),
-                http,
+                OAuthClient::new(settings.client, http),
                 SystemClock::shared(),
                 login.endpoints,
             );

@@ -22,15 +22,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use secrecy::ExposeSecret;
 use url::Url;
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, CredentialConfig, LoginMethod};
-use crate::error::{ErrorClass, RefreshError, TransportKind, parse_retry_after};
-use crate::grant::{ClientAuth, OAuthClient};
-use crate::token::{ParsedTokenBody, TokenResponse, TokenResponseError};
+use crate::error::{ErrorClass, RefreshError};
+use crate::grant::OAuthClient;
+use crate::token::{TokenResponse, TokenResponseError};
 
 pub use command::{LoginCommand, run_login_command};
 pub use device::{DeviceAuthorization, DeviceEvent, PollOptions};
@@ -264,23 +263,16 @@ pub struct LoginEndpoints {
 #[derive(Debug)]
 pub struct LoginClient {
     oauth: OAuthClient,
-    http: reqwest::Client,
     clock: SharedClock,
     endpoints: LoginEndpoints,
 }
 
 impl LoginClient {
-    /// A login client for the credential behind `oauth`, with explicit `endpoints`, sending
-    /// requests with `http` (which should not follow redirects) and telling time by `clock`.
-    pub fn new(
-        oauth: OAuthClient,
-        http: reqwest::Client,
-        clock: SharedClock,
-        endpoints: LoginEndpoints,
-    ) -> LoginClient {
+    /// A login client for the credential behind `oauth` (whose HTTP client should not follow
+    /// redirects), with explicit `endpoints`, telling time by `clock`.
+    pub fn new(oauth: OAuthClient, clock: SharedClock, endpoints: LoginEndpoints) -> LoginClient {
         LoginClient {
             oauth,
-            http,
             clock,
             endpoints,
         }
@@ -366,71 +358,14 @@ impl LoginClient {
     async fn post_form(
         &self,
         url: Url,
-        mut form: url::form_urlencoded::Serializer<'_, String>,
+        form: url::form_urlencoded::Serializer<'_, String>,
     ) -> Result<(u16, Option<Duration>, Zeroizing<Vec<u8>>), RefreshError> {
-        let config = self.oauth.config();
-        let mut authorization = None;
-        match config.auth {
-            ClientAuth::ClientSecretBasic => {
-                let id = form_encode(&config.client_id);
-                let secret = Zeroizing::new(form_encode(
-                    config
-                        .client_secret
-                        .as_ref()
-                        .map(|s| s.expose_secret())
-                        .unwrap_or(""),
-                ));
-                let credentials = Zeroizing::new(format!("{id}:{}", secret.as_str()));
-                let encoded = Zeroizing::new(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
-                ));
-                let mut value =
-                    reqwest::header::HeaderValue::try_from(encoded.as_str()).map_err(|_| {
-                        RefreshError::Transport {
-                            kind: TransportKind::Other,
-                            message: "client credentials cannot be sent in a header".into(),
-                        }
-                    })?;
-                value.set_sensitive(true);
-                authorization = Some(value);
-            }
-            ClientAuth::ClientSecretPost => {
-                form.append_pair("client_id", &config.client_id);
-                if let Some(secret) = &config.client_secret {
-                    form.append_pair("client_secret", secret.expose_secret());
-                }
-            }
-            ClientAuth::None => {
-                form.append_pair("client_id", &config.client_id);
-            }
-        }
-        let body = Zeroizing::new(form.finish());
-        let mut request = self
-            .http
-            .post(url)
-            .timeout(config.timeout)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        if let Some(value) = authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
-        let response = request
-            .body(body.as_bytes().to_vec())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.clock.now()));
-        let bytes = read_limited(response).await?;
-        Ok((status, retry_after, bytes))
+        let (body, authorization) = self.oauth.finish_form(form)?;
+        let answer = self
+            .oauth
+            .post_encoded(url, body, authorization, self.clock.now())
+            .await?;
+        Ok((answer.status, answer.retry_after, answer.body))
     }
 
     /// Sends a token request with `form` (grant parameters; scope and client authentication
@@ -440,74 +375,14 @@ impl LoginClient {
         mut form: url::form_urlencoded::Serializer<'_, String>,
         with_scope: bool,
     ) -> Result<TokenResponse, RefreshError> {
-        let config = self.oauth.config();
-        if with_scope && !config.scopes.is_empty() {
-            form.append_pair("scope", &config.scopes.join(" "));
-        }
-        if let Some(audience) = &config.audience {
-            form.append_pair("audience", audience);
-        }
-        for (key, value) in &config.extra_params {
-            form.append_pair(key, value);
-        }
+        self.oauth.add_request_params(&mut form, with_scope);
         let url = self.oauth.token_url().await?;
-        let (status, retry_after, bytes) = self.post_form(url, form).await?;
-        if !(200..300).contains(&status) {
-            return Err(RefreshError::from_error_response(
-                status,
-                &bytes,
-                retry_after,
-            ));
-        }
-        match TokenResponse::parse(&bytes) {
-            Ok(ParsedTokenBody::Tokens(tokens)) => Ok(tokens),
-            Ok(ParsedTokenBody::Error(embedded)) => Err(RefreshError::OAuth {
-                status,
-                code: embedded.error,
-                description: embedded.description,
-                retry_after,
-            }),
-            Err(source) => Err(RefreshError::InvalidResponse { status, source }),
-        }
+        let (body, authorization) = self.oauth.finish_form(form)?;
+        self.oauth
+            .post_encoded(url, body, authorization, self.clock.now())
+            .await?
+            .into_token_response()
     }
-}
-
-/// RFC 6749 §2.3.1: client id and secret are form-encoded before Basic encoding.
-fn form_encode(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
-fn transport_error(error: reqwest::Error) -> RefreshError {
-    let kind = if error.is_timeout() {
-        TransportKind::Timeout
-    } else if error.is_connect() {
-        TransportKind::Connect
-    } else {
-        TransportKind::Other
-    };
-    // reqwest's messages name the URL and the cause, never the request body.
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    RefreshError::Transport { kind, message }
-}
-
-async fn read_limited(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, RefreshError> {
-    let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(RefreshError::Transport {
-                kind: TransportKind::Other,
-                message: format!("response larger than {MAX_BODY} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `len` random bytes as unpadded base64url.
