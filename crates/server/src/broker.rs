@@ -25,7 +25,7 @@ use tokio_rustls::rustls;
 use crate::config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::state::{AppState, StateError, WarmUpFailure};
+use crate::state::{AppState, ReadinessProbe, StateError, WarmUpFailure};
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     /// Run the Keeper's heartbeat (proactive refreshes) while serving (default false here;
     /// `authkeeper serve` turns it on).
     pub heartbeat: bool,
+    /// An extra `/readyz` check, e.g. the shared store's health (none: the store answering a
+    /// listing is enough).
+    pub readiness_probe: Option<Arc<dyn ReadinessProbe>>,
 }
 
 /// The upstreams of every credential with an `upstream` URL.
@@ -155,7 +158,8 @@ impl Broker {
             &config.clients,
             config.upstreams,
             metrics,
-        )?;
+        )?
+        .with_readiness_probe(config.readiness_probe);
         let warm_state = state.clone();
         let warm_up = tokio::spawn(async move {
             let failures = warm_state.keeper().warm_up().await;
@@ -372,9 +376,11 @@ async fn accept_loop(
             accepted = accept(&listener) => accepted,
         };
         match accepted {
-            Ok(Accepted::Plain(io)) => spawn_connection(io, &router, header_timeout, &graceful),
-            Ok(Accepted::Tls(stream, acceptor)) => {
-                let router = router.clone();
+            Ok(Accepted::Plain(io, peer)) => {
+                spawn_connection(io, &with_peer(&router, peer), header_timeout, &graceful)
+            }
+            Ok(Accepted::Tls(stream, acceptor, peer)) => {
+                let router = with_peer(&router, Some(peer));
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
@@ -409,8 +415,19 @@ async fn accept_loop(
 }
 
 enum Accepted {
-    Plain(Box<dyn Io>),
-    Tls(tokio::net::TcpStream, TlsAcceptor),
+    Plain(Box<dyn Io>, Option<SocketAddr>),
+    Tls(tokio::net::TcpStream, TlsAcceptor, SocketAddr),
+}
+
+/// The router for one connection, with the peer's address as `ConnectInfo` (the proxy sends
+/// it in `X-Forwarded-For`). Unix-socket peers have none.
+fn with_peer(router: &axum::Router, peer: Option<SocketAddr>) -> axum::Router {
+    match peer {
+        Some(peer) => router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        None => router.clone(),
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -419,16 +436,16 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     match listener {
         Listener::Tcp(listener, tls) => {
-            let (stream, _) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             Ok(match tls {
-                Some(acceptor) => Accepted::Tls(stream, acceptor.clone()),
-                None => Accepted::Plain(Box::new(stream)),
+                Some(acceptor) => Accepted::Tls(stream, acceptor.clone(), peer),
+                None => Accepted::Plain(Box::new(stream), Some(peer)),
             })
         }
         Listener::Unix(listener, _) => {
             let (stream, _) = listener.accept().await?;
-            Ok(Accepted::Plain(Box::new(stream)))
+            Ok(Accepted::Plain(Box::new(stream), None))
         }
     }
 }
