@@ -73,9 +73,12 @@ impl Timestamp {
         }
     }
 
-    /// RFC 3339 text of this instant (UTC, millisecond precision).
+    /// RFC 3339 text of this instant (UTC, millisecond precision). Instants outside the years
+    /// 1970–9999 are shown as the nearest end of that range (RFC 3339 has four-digit years).
     pub fn to_rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(self.to_system_time()).to_string()
+        const LAST_MILLI_OF_9999: i64 = 253_402_300_799_999;
+        let shown = Timestamp(self.0.clamp(0, LAST_MILLI_OF_9999));
+        humantime::format_rfc3339_millis(shown.to_system_time()).to_string()
     }
 }
 
@@ -229,6 +232,18 @@ mod tests {
         assert_eq!(
             Timestamp::from_millis(i64::MAX) + Duration::from_secs(1),
             Timestamp::from_millis(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn rfc3339_text_never_panics_outside_four_digit_years() {
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).to_rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(-5).to_rfc3339(),
+            "1970-01-01T00:00:00.000Z"
         );
     }
 

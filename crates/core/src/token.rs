@@ -358,9 +358,12 @@ impl TokenResponse {
                 exp,
                 iat: Some(iat),
             }) if exp > iat => {
-                now + Duration::from_secs((exp - iat).unsigned_abs()).min(MAX_EXPIRES_IN)
+                now + Duration::from_secs(exp.saturating_sub(iat).unsigned_abs())
+                    .min(MAX_EXPIRES_IN)
             }
-            ExpirySource::Jwt(JwtTimes { exp, .. }) => Timestamp::from_secs(exp).max(now),
+            ExpirySource::Jwt(JwtTimes { exp, .. }) => {
+                Timestamp::from_secs(exp).max(now).min(now + MAX_EXPIRES_IN)
+            }
             ExpirySource::Default => now + defaults.default_lifetime,
         };
         TokenSet {
@@ -479,9 +482,13 @@ fn parse_body_object(body: &[u8]) -> Result<Map<String, Value>, TokenResponseErr
         }
         return Ok(map);
     }
-    Err(TokenResponseError::NotJson {
-        start: truncate_for_message(trimmed),
-    })
+    // A body that names a token field (a form body with a stray `&` or space) is not quoted.
+    let start = if trimmed.to_ascii_lowercase().contains("token") {
+        String::from("<withheld: mentions a token>")
+    } else {
+        truncate_for_message(trimmed)
+    };
+    Err(TokenResponseError::NotJson { start })
 }
 
 fn json_error_kind(e: &serde_json::Error) -> &'static str {
@@ -540,5 +547,53 @@ impl OAuthErrorBody {
             .and_then(Value::as_str)
             .map(str::to_owned);
         Some(OAuthErrorBody { error, description })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    // Found by `cargo fuzz run token_response`: a form body that is not quite form-encoded
+    // (here a trailing `&`) was quoted in the error, access token included.
+    #[test]
+    fn not_json_error_never_quotes_a_form_access_token() {
+        let err = TokenResponse::parse(b"access_token=gh_17B4a&").unwrap_err();
+        assert!(matches!(err, TokenResponseError::NotJson { .. }));
+        assert!(!err.to_string().contains("gh_17B4a"), "{err}");
+        let err = TokenResponse::parse(b"access_token=gho_16C7e42F292c6912 x").unwrap_err();
+        assert!(!err.to_string().contains("gho_16C7"), "{err}");
+        // Other bodies are still quoted for diagnosis.
+        let err = TokenResponse::parse(b"<html>Bad Gateway</html>").unwrap_err();
+        assert!(err.to_string().contains("<html>Bad Gateway"), "{err}");
+    }
+
+    fn jwt_response(claims: &str) -> TokenResponse {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+        let body = format!(r#"{{"access_token":"eyJhbGciOiJub25lIn0.{payload}.sig"}}"#);
+        TokenResponse::parse_tokens(body.as_bytes()).unwrap()
+    }
+
+    // Found while writing the token_response fuzz target: `exp - iat` overflowed (a panic with
+    // overflow checks on).
+    #[test]
+    fn jwt_lifetime_does_not_overflow() {
+        let set = jwt_response(r#"{"exp":9223372036854775807,"iat":-1}"#)
+            .into_token_set(NOW, &ExpiryDefaults::default());
+        assert_eq!(set.expires_at, NOW + MAX_EXPIRES_IN);
+    }
+
+    // Found while writing the token_response fuzz target: a JWT `exp` without `iat` far in the
+    // future was taken as is, beyond MAX_EXPIRES_IN, and `to_rfc3339` (CLI, server API) panicked.
+    #[test]
+    fn jwt_exp_without_iat_is_capped() {
+        let set = jwt_response(r#"{"exp":1e300}"#).into_token_set(NOW, &ExpiryDefaults::default());
+        assert_eq!(set.expires_at, NOW + MAX_EXPIRES_IN);
+        let _ = set.expires_at.to_rfc3339();
+        let set =
+            jwt_response(r#"{"exp":1700003600}"#).into_token_set(NOW, &ExpiryDefaults::default());
+        assert_eq!(set.expires_at, Timestamp::from_secs(1_700_003_600));
     }
 }
