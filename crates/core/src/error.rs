@@ -87,7 +87,7 @@ pub enum TransportKind {
 #[non_exhaustive]
 pub enum RefreshError {
     /// The server answered an OAuth error object (RFC 6749 §5.2), possibly inside an HTTP 200.
-    #[error("token endpoint answered {status} `{code}`{}", describe(.description))]
+    #[error("token endpoint answered {status} `{}`{}", sanitize(.code), describe(.description))]
     OAuth {
         /// HTTP status.
         status: u16,
