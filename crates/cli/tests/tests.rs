@@ -2,6 +2,7 @@
 //! sockets, short token lifetimes.
 
 mod bad_input;
+mod broker_oidc;
 mod commands;
 mod cross_process;
 mod demo;

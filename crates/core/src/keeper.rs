@@ -874,13 +874,15 @@ impl Keeper {
         };
         entry.breaker.record_success();
         let received_at = self.now();
+        // Lifetimes count from when the request was sent, not when the answer arrived: the
+        // provider started the token's clock somewhere in between.
         let tokens = match (&previous, entry.settings.grant) {
             (Some(previous), GrantKind::RefreshToken) => {
                 previous
                     .tokens
-                    .refreshed_with(response, received_at, &entry.settings.expiry)
+                    .refreshed_with(response, now, &entry.settings.expiry)
             }
-            _ => response.into_token_set(received_at, &entry.settings.expiry),
+            _ => response.into_token_set(now, &entry.settings.expiry),
         };
         let expires_at = tokens.expires_at;
         match self

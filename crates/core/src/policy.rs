@@ -14,6 +14,9 @@ use crate::token::TokenSet;
 /// The largest share of a token's lifetime used as clock-skew margin.
 const MAX_SKEW_SHARE: f64 = 0.1;
 
+/// The smallest clock-skew margin for lifetimes of at least four seconds.
+const MIN_SKEW: Duration = Duration::from_secs(1);
+
 /// Parameters of the refresh schedule for one credential.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefreshPolicy {
@@ -55,7 +58,12 @@ impl RefreshPolicy {
 
     /// The clock-skew margin applied to a token of this lifetime.
     pub fn effective_skew(&self, lifetime: Duration) -> Duration {
-        self.clock_skew.min(lifetime.mul_f64(MAX_SKEW_SHARE))
+        // Scaled down for short lifetimes, but never below a second (or a quarter of the
+        // lifetime): providers compute expiry from whole seconds, so a token may die up to a
+        // second before `issued_at + expires_in`.
+        let floor = MIN_SKEW.min(lifetime / 4);
+        self.clock_skew
+            .min(lifetime.mul_f64(MAX_SKEW_SHARE).max(floor))
     }
 
     /// The schedule of a token set stored as `generation` of credential `name`.
@@ -144,10 +152,17 @@ mod tests {
     #[test]
     fn skew_scales_down_for_short_lifetimes() {
         let policy = RefreshPolicy::default();
+        // 2 s: a quarter of the lifetime (0.5 s) instead of 30 s.
         let schedule = policy.schedule("t", 1, &tokens(0, 2_000));
-        assert_eq!(schedule.usable_until, Timestamp::from_millis(1_800));
-        assert!(schedule.refresh_due_at <= Timestamp::from_millis(1_600));
-        assert!(schedule.refresh_due_at >= Timestamp::from_millis(1_500));
+        assert_eq!(schedule.usable_until, Timestamp::from_millis(1_500));
+        assert!(schedule.refresh_due_at <= Timestamp::from_millis(1_500));
+        assert!(schedule.refresh_due_at >= Timestamp::from_millis(1_400));
+        // 5 s: one second, since providers round expiry to whole seconds.
+        let schedule = policy.schedule("t", 1, &tokens(0, 5_000));
+        assert_eq!(schedule.usable_until, Timestamp::from_millis(4_000));
+        // 100 s: 10% of the lifetime.
+        let schedule = policy.schedule("t", 1, &tokens(0, 100_000));
+        assert_eq!(schedule.usable_until, Timestamp::from_millis(90_000));
     }
 
     #[test]
