@@ -7,13 +7,13 @@ use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 
 use crate::support::Workspace;
 
-/// A child that reads the token file every 50 ms for 7 s, calls the API with it and prints the
+/// A child that reads the token file every 50 ms for 10 s, calls the API with it and prints the
 /// status of each call.
 const CHILD: &str = r#"
 import os, sys, time, urllib.request, urllib.error
 path, api = os.environ["AUTHKEEPER_TOKEN_FILE"], sys.argv[1]
 mode = oct(os.stat(path).st_mode & 0o777)
-deadline = time.time() + 7
+deadline = time.time() + 10
 while time.time() < deadline:
     with open(path) as f:
         token = f.read().strip()
@@ -31,7 +31,7 @@ sys.exit(7)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_reading_the_token_file_across_expiries_always_finds_a_valid_token() {
     let knobs = Knobs {
-        access_ttl_ms: 2000,
+        access_ttl_ms: 3000,
         rotate_refresh_tokens: true,
         reuse_revokes_grant: true,
         ..Knobs::default()
