@@ -133,6 +133,10 @@ pub struct RekeyArgs {
 pub struct ExecArgs {
     /// The credential.
     pub name: String,
+    /// The task whose checkpoint the child may use (`AUTHKEEPER_CHECKPOINT_URL`); default: the
+    /// credential's name.
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<String>,
     /// The program and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -29,15 +29,30 @@ pub struct Config {
     /// Credentials by name.
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialConfig>,
+    /// Re-authentication notifications (`authkeeper serve`).
+    #[serde(default)]
+    pub notify: Option<authkeeper_server::notify::NotifyConfig>,
 }
 
 /// The `[store]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite` (default).
+    /// `sqlite` (default) or `redis`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// With `kind = "redis"`: the Redis URL (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS), or `env:NAME` / `file:PATH` naming where a URL with a password is.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// With `kind = "redis"`: the prefix of every key (default `authkeeper:`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Refresh lease TTL. When set it is used as is (by default the lease lasts at least twice
+    /// the token request timeout plus 5 s); shorter than the token request timeout lets a slow
+    /// refresh lose its lease (fencing then discards its result).
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<std::time::Duration>,
     /// The SQLite file.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -71,11 +86,25 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         match self.store.kind.as_deref() {
-            None | Some("sqlite") => {}
-            Some("redis") => {
-                bail!("store kind \"redis\" is not available in this version; use \"sqlite\"")
+            None | Some("sqlite") => {
+                if self.store.url.is_some() || self.store.prefix.is_some() {
+                    bail!("[store] url and prefix are for kind = \"redis\"");
+                }
             }
-            Some(other) => bail!("unknown store kind {other:?}: use \"sqlite\""),
+            Some("redis") => {
+                if self.store.url.is_none() {
+                    bail!(
+                        "[store] kind = \"redis\" needs url = \"redis://host:6379/0\" (or \"env:NAME\" / \"file:PATH\" for a URL with a password)"
+                    );
+                }
+                if self.store.path.is_some() {
+                    bail!("[store] path is for kind = \"sqlite\"; Redis uses url");
+                }
+            }
+            Some(other) => bail!("unknown store kind {other:?}: use \"sqlite\" or \"redis\""),
+        }
+        if self.store.lease_ttl.is_some_and(|ttl| ttl.is_zero()) {
+            bail!("[store] lease_ttl must be positive");
         }
         for name in self.credentials.keys() {
             authkeeper_core::store::validate_name(name)
@@ -100,6 +129,11 @@ impl Config {
             .context("no data directory for this user: set [store] path or AUTHKEEPER_STORE")?
             .join("authkeeper");
         Ok(dir.join("authkeeper.db"))
+    }
+
+    /// Whether the store is Redis.
+    pub fn is_redis(&self) -> bool {
+        self.store.kind.as_deref() == Some("redis")
     }
 
     /// The configured key file, relative to the config file.
@@ -163,9 +197,77 @@ mod tests {
     }
 
     #[test]
+    fn redis_store_settings_are_checked() {
+        let parse = |store: &str| toml::from_str::<Config>(store).expect("parses");
+        let config = parse(
+            "[store]\nkind = \"redis\"\nurl = \"env:REDIS_URL\"\nprefix = \"x:\"\nlease_ttl = \"3s\"\n",
+        );
+        config.validate().expect("valid");
+        assert!(config.is_redis());
+        assert_eq!(
+            config.store.lease_ttl,
+            Some(std::time::Duration::from_secs(3))
+        );
+        let error = parse("[store]\nkind = \"redis\"\n")
+            .validate()
+            .expect_err("no url");
+        assert!(error.to_string().contains("needs url"), "{error}");
+        let error = parse("[store]\nurl = \"redis://h\"\n")
+            .validate()
+            .expect_err("url on sqlite");
+        assert!(error.to_string().contains("kind = \"redis\""), "{error}");
+        let error = parse("[store]\nkind = \"mongo\"\n")
+            .validate()
+            .expect_err("unknown kind");
+        assert!(error.to_string().contains("\"redis\""), "{error}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let error = toml::from_str::<Config>("[credentials.x]\nclient_id='a'\ntokenurl='x'")
             .expect_err("typo");
         assert!(error.to_string().contains("tokenurl"), "{error}");
+    }
+
+    #[test]
+    fn parses_reauth_keys_notify_and_checkpoints() {
+        let config: Config = toml::from_str(
+            r#"
+            [notify]
+            webhook_url = "https://hooks.example.com/authkeeper"
+            webhook_secret = "env:AUTHKEEPER_WEBHOOK_SECRET"
+            max_attempts = 3
+
+            [[clients]]
+            name = "scrapers"
+            key_sha256 = "00"
+            credentials = ["crm"]
+            checkpoints = ["nightly"]
+
+            [credentials.crm]
+            token_url = "https://idp.example.com/token"
+            client_id = "abc"
+            login = { method = "command", command = "./login.sh", timeout = "1m" }
+            max_session_age = "24h"
+            relogin_window = "01:00-05:00"
+            relogin_margin = "45m"
+            "#,
+        )
+        .expect("parses");
+        let notify = config.notify.expect("notify");
+        assert_eq!(notify.max_attempts, 3);
+        assert_eq!(config.clients[0].checkpoints, vec!["nightly".to_owned()]);
+        let crm = &config.credentials["crm"];
+        let plan = authkeeper_core::reauth::ReauthPlan::from_config("crm", crm).expect("plan");
+        assert!(plan.method.is_automatic());
+        assert_eq!(
+            plan.policy.max_session_age,
+            Some(std::time::Duration::from_secs(24 * 3600))
+        );
+        let mut bad = crm.clone();
+        bad.relogin_window = Some("1am-5am".into());
+        let error =
+            authkeeper_core::reauth::ReauthPlan::from_config("crm", &bad).expect_err("bad window");
+        assert!(error.to_string().contains("relogin_window"), "{error}");
     }
 }

@@ -1,15 +1,40 @@
-//! Loading what every command needs: the configuration, the store and the Keeper.
+//! Loading what every command needs: the configuration, the store (embedded SQLite or Redis)
+//! and the Keeper.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use authkeeper_core::events::{LogSink, SharedSink};
+use authkeeper_core::secret_ref::SecretRef;
 use authkeeper_core::{Keeper, KeeperSettings, Store, SystemClock};
-use authkeeper_store::{KeySettings, SqliteStore};
+use authkeeper_store::{
+    KeySettings, Keyring, RedisOptions, RedisStore, RedisUrl, SqliteStore, key::parse_env_key,
+    key::read_key_file,
+};
+use secrecy::ExposeSecret as _;
 
 use crate::cli::GlobalArgs;
 use crate::config::Config;
+
+/// An opened store of either kind.
+#[derive(Debug, Clone)]
+pub enum OpenedStore {
+    /// The embedded store.
+    Sqlite(Arc<SqliteStore>),
+    /// The shared Redis store.
+    Redis(RedisStore),
+}
+
+impl OpenedStore {
+    /// The store behind the [`Store`] trait.
+    pub fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            OpenedStore::Sqlite(store) => Arc::clone(store) as Arc<dyn Store>,
+            OpenedStore::Redis(store) => Arc::new(store.clone()),
+        }
+    }
+}
 
 /// The loaded configuration and where it came from.
 pub struct Context {
@@ -33,8 +58,62 @@ impl Context {
         })
     }
 
-    /// Opens the embedded store, creating it (and its key) on first use.
-    pub fn open_store(&self) -> anyhow::Result<Arc<SqliteStore>> {
+    /// Opens the configured store (either kind) behind the [`Store`] trait.
+    pub async fn open_store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(self.open_backend().await?.shared())
+    }
+
+    /// Opens the configured store, keeping its kind (the broker needs Redis' change events
+    /// and health).
+    pub async fn open_backend(&self) -> anyhow::Result<OpenedStore> {
+        if self.config.is_redis() {
+            Ok(OpenedStore::Redis(self.open_redis().await?))
+        } else {
+            Ok(OpenedStore::Sqlite(self.open_sqlite()?))
+        }
+    }
+
+    /// Connects to the Redis store. The key must come from `AUTHKEEPER_KEY` or `key_file`:
+    /// every replica needs the same key, so none is generated.
+    async fn open_redis(&self) -> anyhow::Result<RedisStore> {
+        let keyring = match std::env::var("AUTHKEEPER_KEY") {
+            Ok(value) if !value.trim().is_empty() => {
+                Keyring::new(parse_env_key(&value).context("AUTHKEEPER_KEY is not a valid key")?)
+            }
+            _ => match self.config.key_file(&self.config_path) {
+                Some(path) => read_key_file(&path)
+                    .with_context(|| format!("cannot read the key file {}", path.display()))?,
+                None => anyhow::bail!(
+                    "the Redis store needs the encryption key every replica shares: set AUTHKEEPER_KEY (base64 of 32 bytes) or [store] key_file; no key is generated for Redis"
+                ),
+            },
+        };
+        let reference = self
+            .config
+            .store
+            .url
+            .as_deref()
+            .context("[store] kind = \"redis\" needs url")?;
+        let url = SecretRef::parse(reference)
+            .resolve()
+            .context("cannot read the Redis URL")?;
+        let url = RedisUrl::parse(url.expose_secret())?;
+        let mut options = RedisOptions::default();
+        if let Some(prefix) = &self.config.store.prefix {
+            options = options.with_prefix(prefix.clone());
+        }
+        let shown = url.to_string();
+        RedisStore::connect_with(url, keyring, options)
+            .await
+            .with_context(|| format!("cannot open the Redis store {shown}"))
+    }
+
+    /// Opens the embedded store, creating it (and its key) on first use. Fails for Redis.
+    pub fn open_sqlite(&self) -> anyhow::Result<Arc<SqliteStore>> {
+        anyhow::ensure!(
+            !self.config.is_redis(),
+            "this command works on the embedded (sqlite) store only, and the config uses kind = \"redis\""
+        );
         if let Some(dir) = self
             .store_path
             .parent()
@@ -67,7 +146,21 @@ impl Context {
         self.keeper_with_sinks(store, names, settings, Vec::new())
     }
 
+    /// The automatic re-authentication of the named credentials (all when `names` is empty).
+    pub fn reauthenticator(
+        &self,
+        names: &[&str],
+    ) -> anyhow::Result<authkeeper_core::reauth::LoginReauthenticator> {
+        let mut credentials = self.config.credentials.clone();
+        credentials.retain(|name, _| names.is_empty() || names.contains(&name.as_str()));
+        Ok(authkeeper_core::reauth::LoginReauthenticator::from_config(
+            &credentials,
+            authkeeper_core::reauth::ReauthSettings::default(),
+        )?)
+    }
+
     /// Like [`Context::keeper`], also reporting events to `sinks` (e.g. the broker's metrics).
+    /// Long-running processes (`background_refresh`) also get automatic re-authentication.
     pub fn keeper_with_sinks(
         &self,
         store: Arc<dyn Store>,
@@ -75,6 +168,12 @@ impl Context {
         settings: KeeperSettings,
         sinks: Vec<SharedSink>,
     ) -> anyhow::Result<Keeper> {
+        let mut settings = settings;
+        if let Some(ttl) = self.config.store.lease_ttl {
+            settings.lease_ttl = ttl;
+            settings.lease_ttl_floor = false;
+        }
+        let long_running = settings.background_refresh;
         let mut builder = Keeper::builder(store, SystemClock::shared())
             .settings(settings)
             .event_sink(Arc::new(LogSink));
@@ -92,6 +191,10 @@ impl Context {
                     (*name).to_owned()
                 ));
             }
+        }
+        if long_running {
+            // Long-running processes (serve, exec) re-authenticate by themselves.
+            builder = builder.reauthenticator(Arc::new(self.reauthenticator(names)?));
         }
         Ok(builder.build()?)
     }

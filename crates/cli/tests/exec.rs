@@ -145,3 +145,77 @@ async fn the_child_gets_a_private_broker_limited_to_its_credential() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200 True 403");
 }
+
+/// A child that resumes from its checkpoint: reads it (404: start at 0), saves `next + 10`,
+/// prints what it found, and checks it may not touch another task's checkpoint.
+const CHECKPOINT_CHILD: &str = r#"
+import json, os, urllib.request, urllib.error
+url, key = os.environ["AUTHKEEPER_CHECKPOINT_URL"], os.environ["AUTHKEEPER_API_KEY"]
+auth = {"Authorization": "Bearer " + key}
+def call(method, target, body=None):
+    headers = dict(auth)
+    if body is not None:
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(target, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+status, body = call("GET", url)
+start = json.loads(body)["next"] if status == 200 else 0
+status, _ = call("PUT", url, json.dumps({"next": start + 10}).encode())
+other, _ = call("GET", url.rsplit("/", 1)[0] + "/someone-else")
+print("task", url.rsplit("/", 1)[1], "start", start, "put", status, "other", other)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_child_resumes_from_its_task_checkpoint() {
+    let idp = MockIdp::start(MockConfig::default()).await.expect("idp");
+    let workspace =
+        Workspace::with_credential("api", &idp.token_url(), "mock-client", "mock-secret");
+    workspace
+        .import("api", &idp.mint_grant(None, None).expect("grant"))
+        .await;
+    let mut seen = Vec::new();
+    for args in [
+        &[
+            "exec",
+            "api",
+            "--task",
+            "crawl",
+            "--",
+            "python3",
+            "-c",
+            CHECKPOINT_CHILD,
+        ][..],
+        &[
+            "exec",
+            "api",
+            "--task",
+            "crawl",
+            "--",
+            "python3",
+            "-c",
+            CHECKPOINT_CHILD,
+        ][..],
+        &["exec", "api", "--", "python3", "-c", CHECKPOINT_CHILD][..],
+    ] {
+        let out = workspace.run(args, b"").await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "task crawl start 0 put 200 other 403",
+            "task crawl start 10 put 200 other 403",
+            "task api start 0 put 200 other 403",
+        ]
+    );
+}

@@ -9,5 +9,9 @@ mod demo;
 mod exec;
 mod login;
 mod oidc_smoke;
+#[allow(dead_code)]
+#[path = "../../store/tests/redis_server.rs"]
+mod redis_server;
+mod replicas;
 mod secrets;
 mod support;

@@ -78,6 +78,17 @@ pub struct CredentialConfig {
     /// How `authkeeper login` (and, later, automatic re-authentication) acquires tokens.
     #[serde(default)]
     pub login: Option<LoginConfig>,
+    /// Absolute lifetime of a login session, whatever refreshes happen (e.g. `24h`): the
+    /// credential is re-logged in ahead of it and needs re-authentication once it is reached.
+    #[serde(default, with = "humantime_serde")]
+    pub max_session_age: Option<Duration>,
+    /// When scheduled re-logins may run, `HH:MM-HH:MM` in UTC (may wrap midnight, e.g.
+    /// `22:00-02:00`); default: any time. See [`crate::reauth::ReloginPolicy`].
+    #[serde(default)]
+    pub relogin_window: Option<String>,
+    /// A scheduled re-login happens at least this long before the absolute expiry (default 30m).
+    #[serde(default, with = "humantime_serde")]
+    pub relogin_margin: Option<Duration>,
 }
 
 /// How a credential is logged in when refresh cannot help: the `login` table of a credential.

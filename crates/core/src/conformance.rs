@@ -712,6 +712,125 @@ pub async fn names_are_independent(store: SharedStore) {
     }
 }
 
+/// Checkpoints round-trip, get new versions, are independent of credentials of the same name,
+/// are deleted, and refuse invalid task names.
+pub async fn checkpoints_round_trip(store: SharedStore) {
+    assert!(
+        ok(store.get_checkpoint("job").await, "get_checkpoint").is_none(),
+        "a checkpoint nobody saved was found"
+    );
+    let first = br#"{"done":75,"cursor":"p-75"}"#;
+    let v1 = ok(
+        store.put_checkpoint("job", first, T0).await,
+        "put_checkpoint",
+    );
+    let saved = ok(store.get_checkpoint("job").await, "get_checkpoint")
+        .unwrap_or_else(|| panic!("the saved checkpoint is missing"));
+    assert_eq!(saved.task, "job");
+    assert_eq!(&saved.data[..], &first[..]);
+    assert_eq!(saved.version, v1);
+    assert_eq!(saved.updated_at, T0);
+    let later = T0 + Duration::from_secs(5);
+    let v2 = ok(
+        store.put_checkpoint("job", br#"{"done":80}"#, later).await,
+        "put_checkpoint",
+    );
+    assert!(v2 > v1, "the version did not move: {v1} then {v2}");
+    let saved = ok(store.get_checkpoint("job").await, "get_checkpoint")
+        .unwrap_or_else(|| panic!("the saved checkpoint is missing"));
+    assert_eq!(&saved.data[..], br#"{"done":80}"#);
+    assert_eq!(saved.updated_at, later);
+    // A credential of the same name is another record.
+    ok(store.put("job", &sample_tokens("job", T0), T0).await, "put");
+    assert!(ok(store.delete("job").await, "delete"));
+    assert!(
+        ok(store.get_checkpoint("job").await, "get_checkpoint").is_some(),
+        "deleting a credential deleted the checkpoint of the same name"
+    );
+    assert!(
+        ok(store.list().await, "list").is_empty(),
+        "a checkpoint is listed as a credential"
+    );
+    assert!(ok(
+        store.delete_checkpoint("job").await,
+        "delete_checkpoint"
+    ));
+    assert!(!ok(
+        store.delete_checkpoint("job").await,
+        "delete_checkpoint"
+    ));
+    assert!(ok(store.get_checkpoint("job").await, "get_checkpoint").is_none());
+    for name in ["", "a/b", "../x", "with space"] {
+        assert!(
+            matches!(
+                store.put_checkpoint(name, b"{}", T0).await,
+                Err(StoreError::InvalidName(_))
+            ),
+            "put_checkpoint({name:?}) accepted an invalid task name"
+        );
+        assert!(matches!(
+            store.get_checkpoint(name).await,
+            Err(StoreError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.delete_checkpoint(name).await,
+            Err(StoreError::InvalidName(_))
+        ));
+    }
+}
+
+/// A holder's in-flight marker outlives it when it never releases its lease (it was killed
+/// while calling the token endpoint), only the current holder sets it, and a release clears it.
+pub async fn in_flight_marker_survives_an_abandoned_lease(store: SharedStore) {
+    assert_eq!(
+        ok(store.put("m", &sample_tokens("0", T0), T0).await, "put"),
+        1
+    );
+    let ttl = Duration::from_secs(10);
+    let first = acquire(&store, "m", "first", T0, ttl).await;
+    assert_eq!(
+        ok(
+            store.mark_in_flight("m", first.fence, 1).await,
+            "mark_in_flight"
+        ),
+        None,
+        "a fresh lease has no marker"
+    );
+    // The holder dies without releasing (its OS resources go away with it).
+    drop(first);
+    let later = T0 + Duration::from_secs(11);
+    let second = acquire(&store, "m", "second", later, ttl).await;
+    assert!(second.took_over_abandoned);
+    assert_eq!(
+        ok(
+            store.mark_in_flight("m", second.fence, 1).await,
+            "mark_in_flight"
+        ),
+        Some(1),
+        "the next holder must find the dead holder's in-flight marker"
+    );
+    assert_eq!(
+        ok(
+            store.mark_in_flight("m", second.fence - 1, 7).await,
+            "mark_in_flight"
+        ),
+        Some(1),
+        "a stale fence reads the marker but must not set it"
+    );
+    ok(store.release_lease(second).await, "release_lease");
+    let third = acquire(&store, "m", "third", later + Duration::from_secs(1), ttl).await;
+    assert!(!third.took_over_abandoned);
+    assert_eq!(
+        ok(
+            store.mark_in_flight("m", third.fence, 1).await,
+            "mark_in_flight"
+        ),
+        None,
+        "a release clears the marker"
+    );
+    ok(store.release_lease(third).await, "release_lease");
+}
+
 /// Generates one `#[test]` per conformance check. `$make` is an async function returning a fresh,
 /// empty store and a guard kept alive until the test ends (e.g. its temporary directory).
 #[macro_export]
@@ -733,6 +852,8 @@ macro_rules! store_conformance_tests {
             invalid_names_are_rejected,
             wait_for_change_returns,
             names_are_independent,
+            checkpoints_round_trip,
+            in_flight_marker_survives_an_abandoned_lease,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {

@@ -95,8 +95,51 @@ pub enum Event<'a> {
         /// The generation found in the store.
         current_generation: u64,
     },
+    /// A refresh holder stopped (was killed) after sending the refresh token of `generation`
+    /// and before storing the answer, and the next holder's retry was refused with
+    /// `invalid_grant`: the rotated refresh token was lost. The credential needs
+    /// re-authentication with reason [`LOST_IN_CRASH`].
+    LostInCrash {
+        /// The credential.
+        name: &'a str,
+        /// The generation whose refresh was in flight.
+        generation: u64,
+    },
+    /// A session approaches its absolute expiry (`max_session_age` or the provider's
+    /// `refresh_token_expires_in`) and its scheduled re-login is due (see [`crate::reauth`]).
+    ReloginDue {
+        /// The credential.
+        name: &'a str,
+        /// When the session dies.
+        expires_at: Timestamp,
+        /// Whether a login method renews it without a human (command, client_credentials).
+        automatic: bool,
+    },
+    /// A login method re-authenticated the credential without a human.
+    Reauthenticated {
+        /// The credential.
+        name: &'a str,
+        /// The new generation.
+        generation: u64,
+        /// The login method (`command`).
+        method: &'a str,
+    },
+    /// An automatic re-authentication attempt failed.
+    ReauthFailed {
+        /// The credential.
+        name: &'a str,
+        /// Why (never a secret).
+        cause: &'a str,
+        /// Attempts so far.
+        attempts: u32,
+        /// When the next attempt runs; `None` when it gave up (a human must act).
+        next_attempt_at: Option<Timestamp>,
+    },
 }
 
+/// The reason recorded on a credential whose grant was lost in a crash
+/// ([`Event::LostInCrash`]).
+pub const LOST_IN_CRASH: &str = "lost_in_crash";
 /// Receives events. Must be cheap and must not block: it runs on the refresh path.
 pub trait EventSink: Send + Sync + 'static {
     /// Called for every event.
@@ -175,6 +218,41 @@ impl EventSink for LogSink {
                 credential = %name,
                 current_generation,
                 "refreshed tokens discarded: another holder stored a newer generation"
+            ),
+            Event::LostInCrash { name, generation } => tracing::error!(
+                credential = %name,
+                generation,
+                reason = LOST_IN_CRASH,
+                "the refresh token was lost: a holder was killed between the provider's answer and the durable write, and the provider refused the retry; the credential needs re-authentication"
+            ),
+            Event::ReloginDue {
+                name,
+                expires_at,
+                automatic,
+            } => tracing::warn!(
+                credential = %name,
+                expires_at = %expires_at,
+                automatic,
+                "session expires soon: scheduled re-login due"
+            ),
+            Event::Reauthenticated {
+                name,
+                generation,
+                method,
+            } => {
+                tracing::info!(credential = %name, generation, method, "re-authenticated automatically")
+            }
+            Event::ReauthFailed {
+                name,
+                cause,
+                attempts,
+                next_attempt_at,
+            } => tracing::error!(
+                credential = %name,
+                cause = %cause,
+                attempts,
+                next_attempt_at = ?next_attempt_at,
+                "automatic re-authentication failed"
             ),
         }
     }

@@ -32,10 +32,12 @@ use crate::events::{Event, SharedSink, Trigger};
 use crate::grant::{GrantKind, GrantRequest, OAuthClient};
 use crate::policy::Schedule;
 use crate::store::{
-    CredentialState, CredentialStatus, LeaseAttempt, Store, StoreError, StoredCredential,
+    CredentialState, CredentialStatus, Lease, LeaseAttempt, Store, StoreError, StoredCredential,
     WriteOutcome,
 };
 use crate::token::TokenSet;
+
+mod reauth_hook;
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct KeeperSettings {
     /// right for short-lived processes such as `authkeeper token`, which must not exit while a
     /// background refresh is between the provider's answer and the durable write.
     pub background_refresh: bool,
+    /// Raise `lease_ttl` to at least twice the token request timeout plus 5 s (default true).
+    /// Turn off only to make a lease expire mid-refresh on purpose (tests of fencing).
+    pub lease_ttl_floor: bool,
 }
 
 impl Default for KeeperSettings {
@@ -64,6 +69,7 @@ impl Default for KeeperSettings {
             backoff: Backoff::default(),
             breaker_threshold: 5,
             background_refresh: true,
+            lease_ttl_floor: true,
         }
     }
 }
@@ -287,6 +293,8 @@ struct Inner {
     sinks: Vec<SharedSink>,
     schedule_changed: Notify,
     shutting_down: AtomicBool,
+    /// Automatic re-authentication, when installed.
+    reauth: Option<reauth_hook::ReauthHook>,
 }
 
 /// The token engine. Cheap to clone; safe for concurrent use.
@@ -315,6 +323,7 @@ pub struct KeeperBuilder {
     credentials: Vec<(String, CredentialSettings)>,
     sinks: Vec<SharedSink>,
     http: Option<reqwest::Client>,
+    reauth: Option<Arc<dyn crate::reauth::Reauthenticator>>,
 }
 
 impl KeeperBuilder {
@@ -333,6 +342,13 @@ impl KeeperBuilder {
     /// Adds an event sink.
     pub fn event_sink(mut self, sink: SharedSink) -> Self {
         self.sinks.push(sink);
+        self
+    }
+
+    /// Re-authenticates credentials when refreshing cannot help, and renews sessions ahead of
+    /// their absolute expiry (see [`crate::reauth`]).
+    pub fn reauthenticator(mut self, reauth: Arc<dyn crate::reauth::Reauthenticator>) -> Self {
+        self.reauth = Some(reauth);
         self
     }
 
@@ -400,6 +416,7 @@ impl KeeperBuilder {
                 sinks: self.sinks,
                 schedule_changed: Notify::new(),
                 shutting_down: AtomicBool::new(false),
+                reauth: self.reauth.map(reauth_hook::ReauthHook::new),
             }),
         })
     }
@@ -415,6 +432,7 @@ impl Keeper {
             credentials: Vec::new(),
             sinks: Vec::new(),
             http: None,
+            reauth: None,
         }
     }
 
@@ -733,11 +751,7 @@ impl Keeper {
             return self.serve_or(entry, need, error);
         }
         let name = &*entry.name;
-        let lease_ttl = self
-            .inner
-            .settings
-            .lease_ttl
-            .max(entry.settings.client.timeout * 2 + Duration::from_secs(5));
+        let lease_ttl = self.effective_lease_ttl(entry);
         // Wait for another holder at most one lease TTL plus a margin: by then its lease expired.
         let give_up_at = tokio::time::Instant::now() + lease_ttl + Duration::from_secs(5);
         let mut poll = self.inner.settings.poll_interval;
@@ -762,9 +776,7 @@ impl Keeper {
                     }
                     let fence = lease.fence;
                     let result = self.refresh_under_lease(entry, need, trigger, fence).await;
-                    if let Err(error) = self.inner.store.release_lease(lease).await {
-                        tracing::warn!(credential = %name, error = %error, "could not release the refresh lease; it will expire");
-                    }
+                    self.release_lease(lease).await;
                     return result;
                 }
                 LeaseAttempt::Busy { .. } => {
@@ -854,6 +866,10 @@ impl Keeper {
                     .await;
             }
         };
+        let interrupted = match self.mark_in_flight(entry, fence, expected_generation).await {
+            Ok(interrupted) => interrupted,
+            Err(error) => return self.serve_or(entry, need, error),
+        };
         let started = tokio::time::Instant::now();
         let outcome = entry.client.request(&request, now).await;
         let latency = started.elapsed();
@@ -866,6 +882,11 @@ impl Keeper {
                         .record_failure(self.now(), error.retry_after());
                 } else {
                     entry.breaker.record_success();
+                }
+                if interrupted && error.class() == ErrorClass::NeedsReauth {
+                    return self
+                        .record_lost_in_crash(entry, need, expected_generation, error, latency)
+                        .await;
                 }
                 return self
                     .record_failure(entry, need, expected_generation, error, latency)
@@ -969,9 +990,11 @@ impl Keeper {
                 .compare_and_put(name, expected_generation, Some(fence), tokens, now)
                 .await
             {
-                Err(StoreError::Unavailable { .. }) if attempts < 4 => {
+                // A store restart (Redis failover) can take seconds: keep the rotated refresh
+                // token in memory and retry for ~5 s; fencing still refuses a stale write.
+                Err(StoreError::Unavailable { .. }) if attempts < 10 => {
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 other => return other,
             }
@@ -1042,6 +1065,7 @@ impl Keeper {
                 name,
                 reason: &reason,
             });
+            self.reauth_after_failure(entry, generation, &reason);
         }
         let error = KeeperError::Refresh {
             name: name.to_owned(),
@@ -1053,6 +1077,153 @@ impl Keeper {
             return Ok(token);
         }
         self.serve_or(entry, need, error)
+    }
+
+    /// Releases a refresh lease. When the store is unavailable (e.g. Redis restarting), keeps
+    /// retrying in the background until the lease would have expired anyway, so the other
+    /// replicas do not wait out a whole lease TTL after a brief outage.
+    async fn release_lease(&self, lease: Lease) {
+        let retry = Lease {
+            name: lease.name.clone(),
+            owner: lease.owner.clone(),
+            fence: lease.fence,
+            expires_at: lease.expires_at,
+            took_over_abandoned: lease.took_over_abandoned,
+            guard: None,
+        };
+        let Err(error) = self.inner.store.release_lease(lease).await else {
+            return;
+        };
+        tracing::warn!(credential = %retry.name, error = %error, "could not release the refresh lease; retrying until it expires");
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            while keeper.now() < retry.expires_at {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                let attempt = Lease {
+                    name: retry.name.clone(),
+                    owner: retry.owner.clone(),
+                    fence: retry.fence,
+                    expires_at: retry.expires_at,
+                    took_over_abandoned: retry.took_over_abandoned,
+                    guard: None,
+                };
+                if keeper.inner.store.release_lease(attempt).await.is_ok() {
+                    tracing::info!(credential = %retry.name, "released the refresh lease after the store came back");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The lease TTL used for `entry` (see [`KeeperSettings::lease_ttl_floor`]).
+    fn effective_lease_ttl(&self, entry: &Entry) -> Duration {
+        let configured = self.inner.settings.lease_ttl;
+        if self.inner.settings.lease_ttl_floor {
+            configured.max(entry.settings.client.timeout * 2 + Duration::from_secs(5))
+        } else {
+            configured
+        }
+    }
+
+    /// Marks the refresh of `generation` in flight under the lease with `fence` (see
+    /// [`Store::mark_in_flight`]). Returns whether a previous holder was interrupted while
+    /// refreshing this same generation. Fails when the store cannot record the marker: then no
+    /// refresh token is sent.
+    async fn mark_in_flight(
+        &self,
+        entry: &Entry,
+        fence: u64,
+        generation: u64,
+    ) -> Result<bool, KeeperError> {
+        if entry.settings.grant != GrantKind::RefreshToken || generation == 0 {
+            return Ok(false);
+        }
+        let name = &*entry.name;
+        let previous = self
+            .inner
+            .store
+            .mark_in_flight(name, fence, generation)
+            .await
+            .map_err(|source| KeeperError::Store {
+                name: name.to_owned(),
+                source,
+            })?;
+        let interrupted = previous == Some(generation);
+        if interrupted {
+            tracing::warn!(
+                credential = %name,
+                generation,
+                "the previous refresh holder stopped while calling the token endpoint; retrying with the same refresh token"
+            );
+        }
+        Ok(interrupted)
+    }
+
+    /// A retry after an interrupted refresh was refused (`invalid_grant`): the rotated refresh
+    /// token died with the previous holder. Recorded as needs_reauth with reason
+    /// [`crate::events::LOST_IN_CRASH`], loudly.
+    async fn record_lost_in_crash(
+        &self,
+        entry: &Entry,
+        need: Need,
+        generation: u64,
+        error: RefreshError,
+        latency: Duration,
+    ) -> Result<AccessToken, KeeperError> {
+        let name = &*entry.name;
+        self.emit(Event::LostInCrash { name, generation });
+        let result = self
+            .record_failure(entry, need, generation, error, latency)
+            .await;
+        let mut status = entry.status();
+        if status.state == CredentialState::NeedsReauth {
+            let cause = status.reason.take().unwrap_or_default();
+            status.reason = Some(format!("{}: {cause}", crate::events::LOST_IN_CRASH));
+            match self.inner.store.set_status(name, generation, &status).await {
+                Ok(true) => entry.set_status(status),
+                Ok(false) => {}
+                Err(store_error) => {
+                    tracing::warn!(credential = %name, error = %store_error, "could not store the credential status");
+                    entry.set_status(status);
+                }
+            }
+        }
+        match result {
+            Err(KeeperError::Refresh { .. }) | Err(KeeperError::NeedsReauth { .. }) => {
+                Err(KeeperError::NeedsReauth {
+                    name: name.to_owned(),
+                    reason: entry
+                        .status()
+                        .reason
+                        .unwrap_or_else(|| crate::events::LOST_IN_CRASH.to_owned()),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Re-reads `name` from the store and installs a newer generation or status in the cache
+    /// (another replica refreshed it). Wakes nobody else and starts no refresh.
+    pub async fn reload(&self, name: &str) -> Result<(), KeeperError> {
+        let entry = self.entry(name)?;
+        if let Some(record) = self.read_store(entry).await? {
+            self.install(entry, record);
+        }
+        Ok(())
+    }
+
+    /// [`Keeper::reload`] for every configured credential (e.g. after missed change events);
+    /// returns the credentials that could not be read.
+    pub async fn reload_all(&self) -> Vec<(String, KeeperError)> {
+        let mut failures = Vec::new();
+        for name in self.inner.entries.keys() {
+            if let Err(error) = self.reload(name).await {
+                failures.push((name.to_string(), error));
+            }
+        }
+        failures
     }
 
     /// Runs the proactive refresh loop until the returned handle is aborted: every credential
@@ -1070,6 +1241,9 @@ impl Keeper {
             for entry in self.inner.entries.values() {
                 if !entry.settings.heartbeat {
                     continue;
+                }
+                if let Some(at) = self.check_relogin(entry, now) {
+                    wake_at = wake_at.min(at);
                 }
                 let due = match entry.current.load().as_ref() {
                     Some(current) => current.schedule.refresh_due_at,

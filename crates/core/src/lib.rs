@@ -5,6 +5,8 @@
 //! - [`policy`]: when to refresh; [`backoff`]: how long to wait after failures.
 //! - [`error`] and [`www_authenticate`]: classification of token-endpoint and API failures.
 //! - [`grant`]: token requests and OIDC discovery; [`config`]: per-credential settings.
+//! - [`reauth`]: automatic re-authentication and scheduled re-login; [`checkpoint`]: a task's
+//!   saved progress.
 //! - [`keeper`]: the engine; [`store`]: the storage trait with the refresh lease;
 //!   [`events`]: what the engine reports.
 //!
@@ -12,6 +14,7 @@
 //! through [`ExposeSecret::expose_secret`].
 
 pub mod backoff;
+pub mod checkpoint;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "conformance")]
@@ -23,6 +26,7 @@ pub mod keeper;
 pub mod login;
 pub mod memory_store;
 pub mod policy;
+pub mod reauth;
 pub mod secret_ref;
 pub mod store;
 pub mod token;
@@ -37,6 +41,6 @@ pub use memory_store::MemoryStore;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use store::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
-    StoredCredential, WriteOutcome,
+    StoredCheckpoint, StoredCredential, WriteOutcome,
 };
 pub use token::{ExpiryDefaults, TokenResponse, TokenSet};

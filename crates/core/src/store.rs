@@ -102,6 +102,33 @@ pub struct CredentialSummary {
     pub status: CredentialStatus,
 }
 
+/// A task's saved progress (see [`crate::checkpoint`]): JSON sealed at rest like a token set.
+#[derive(Clone)]
+pub struct StoredCheckpoint {
+    /// The task name (same rules as a credential name).
+    pub task: String,
+    /// The JSON document, as saved. Zeroized when dropped; never shown by `Debug`.
+    pub data: zeroize::Zeroizing<Vec<u8>>,
+    /// Bumped by every save; starts at 1.
+    pub version: u64,
+    /// When it was saved.
+    pub updated_at: Timestamp,
+}
+
+impl fmt::Debug for StoredCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredCheckpoint")
+            .field("task", &self.task)
+            .field("bytes", &self.data.len())
+            .field("version", &self.version)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+/// The record kind of a sealed checkpoint (part of its associated data).
+pub const CHECKPOINT_KIND: &str = "checkpoint";
+
 /// The outcome of a conditional write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -283,11 +310,62 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// taken over by someone else does nothing.
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError>;
 
+    /// Marks that the holder of the lease with `fence` is about to send the refresh token of
+    /// `generation` to the token endpoint, and returns the marker a previous holder left behind:
+    /// the generation it was refreshing from when it stopped without releasing its lease
+    /// (killed, or hung until its lease was taken over). [`Store::release_lease`] clears the
+    /// marker, so `Some(g)` with `g` still the stored generation means the previous holder may
+    /// have had a rotated refresh token issued that never reached the store.
+    ///
+    /// Only the current holder (matching `fence`) sets the marker; the previous one is
+    /// returned either way. The default keeps no marker and returns `None`.
+    async fn mark_in_flight(
+        &self,
+        name: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (name, fence, generation);
+        Ok(None)
+    }
+
     /// Waits until the generation of `name` may have moved past `seen_generation`, or at most
     /// `timeout`. Backends with notifications return as soon as a change is published; the
     /// default polls.
     async fn wait_for_change(&self, name: &str, seen_generation: u64, timeout: Duration) {
         let _ = (name, seen_generation);
         tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
+    }
+
+    /// Saves the checkpoint of `task` (a JSON document, sealed at rest with kind
+    /// [`CHECKPOINT_KIND`]), replacing any previous one; returns its new version. The default
+    /// says the backend does not support checkpoints; every backend of this workspace does.
+    async fn put_checkpoint(
+        &self,
+        task: &str,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let _ = (task, data, now);
+        Err(checkpoints_unsupported())
+    }
+
+    /// Loads the checkpoint of `task`, or `None` when none is saved.
+    async fn get_checkpoint(&self, task: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let _ = task;
+        Err(checkpoints_unsupported())
+    }
+
+    /// Deletes the checkpoint of `task`; returns whether one was deleted.
+    async fn delete_checkpoint(&self, task: &str) -> Result<bool, StoreError> {
+        let _ = task;
+        Err(checkpoints_unsupported())
+    }
+}
+
+fn checkpoints_unsupported() -> StoreError {
+    StoreError::Other {
+        message: "this store does not support checkpoints".to_owned(),
+        source: None,
     }
 }

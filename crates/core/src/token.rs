@@ -20,6 +20,11 @@ use crate::clock::Timestamp;
 /// broken response rather than trusted.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The `extra` key under which a refreshed token set remembers when its login session began
+/// (milliseconds since the epoch). Absent on a token set fresh from a login or an import, whose
+/// session began at its `issued_at`.
+pub const SESSION_STARTED_AT: &str = "authkeeper_session_started_at";
+
 /// The current tokens of a credential. Secrets redact themselves in `Debug` and are zeroized
 /// when dropped; they can only be read through [`ExposeSecret::expose_secret`].
 #[derive(Clone)]
@@ -51,8 +56,18 @@ impl TokenSet {
         self.expires_at.saturating_since(self.issued_at)
     }
 
+    /// When the login session of this token set began: the time of the login or import that
+    /// started it, carried across refreshes (see [`SESSION_STARTED_AT`]).
+    pub fn session_started_at(&self) -> Timestamp {
+        self.extra
+            .get(SESSION_STARTED_AT)
+            .and_then(Value::as_i64)
+            .map_or(self.issued_at, Timestamp::from_millis)
+    }
+
     /// Builds the token set that replaces `self` after a refresh answered with `response`
-    /// at `now`: a refresh token the provider did not send is kept (RFC 6749 §6).
+    /// at `now`: a refresh token the provider did not send is kept (RFC 6749 §6), and so is
+    /// the session start.
     pub fn refreshed_with(
         &self,
         response: TokenResponse,
@@ -60,6 +75,10 @@ impl TokenSet {
         defaults: &ExpiryDefaults,
     ) -> TokenSet {
         let mut next = response.into_token_set(now, defaults);
+        next.extra.insert(
+            SESSION_STARTED_AT.to_owned(),
+            Value::from(self.session_started_at().as_millis()),
+        );
         if next.refresh_token.is_none() {
             next.refresh_token = self.refresh_token.clone();
             if next.refresh_token_expires_at.is_none() {

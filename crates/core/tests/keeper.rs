@@ -553,3 +553,133 @@ async fn a_provider_clock_ten_minutes_ahead_does_not_shift_expiry() {
         .status();
     assert_eq!(status, 200);
 }
+
+/// A holder killed between the provider's rotation and its write leaves its in-flight marker.
+/// The next holder retries with the stored refresh token: refused (no reuse grace), the
+/// credential goes to needs_reauth with reason `lost_in_crash` and a `LostInCrash` event — never
+/// silently; inside the provider's reuse grace the retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_lost_in_a_crash_is_reported_and_recovered_within_the_grace() {
+    for grace_ms in [0, 10_000] {
+        let clock = SystemClock::shared();
+        let knobs = Knobs {
+            reuse_grace_ms: grace_ms,
+            ..knobs(3_600_000)
+        };
+        let idp = start_idp(Arc::clone(&clock), knobs).await;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        import_grant(&idp, &*store, "api", clock.now()).await;
+        // The doomed holder: takes the lease, marks the refresh in flight, has the provider
+        // rotate the refresh token, and dies before writing (no release).
+        let lease = match store
+            .try_acquire_lease("api", "doomed", clock.now(), Duration::from_millis(1))
+            .await
+            .expect("lease")
+        {
+            LeaseAttempt::Acquired(lease) => lease,
+            LeaseAttempt::Busy { .. } => panic!("lease busy"),
+        };
+        assert_eq!(
+            store
+                .mark_in_flight("api", lease.fence, 1)
+                .await
+                .expect("mark"),
+            None
+        );
+        let stored = store.load("api").await.expect("load").expect("stored");
+        let refresh_token = stored
+            .tokens
+            .refresh_token
+            .as_ref()
+            .expect("refresh token")
+            .expose_secret()
+            .to_owned();
+        let rotated = reqwest::Client::new()
+            .post(idp.token_url())
+            .basic_auth("mock-client", Some("mock-secret"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .expect("rotate");
+        assert!(rotated.status().is_success());
+        drop(lease);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let lost = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&lost);
+        let sink = move |event: &Event<'_>| {
+            if matches!(event, Event::LostInCrash { generation: 1, .. }) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let keeper = api_keeper(
+            &idp,
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Some(Arc::new(sink)),
+        );
+        let result = keeper.rejected("api", 1).await;
+        let stored = store.load("api").await.expect("load").expect("stored");
+        if grace_ms == 0 {
+            match result {
+                Err(KeeperError::NeedsReauth { reason, .. }) => {
+                    assert!(reason.starts_with("lost_in_crash"), "{reason}")
+                }
+                other => panic!("expected needs_reauth (lost_in_crash), got {other:?}"),
+            }
+            assert_eq!(lost.load(Ordering::Relaxed), 1, "LostInCrash emitted once");
+            assert_eq!(stored.status.state, CredentialState::NeedsReauth);
+            let reason = stored.status.reason.unwrap_or_default();
+            assert!(reason.starts_with("lost_in_crash: "), "{reason}");
+            assert_eq!(idp.stats().reuse_detected, 1);
+        } else {
+            let token = result.expect("recovered within the grace");
+            assert_eq!(token.generation(), 2);
+            assert_eq!(lost.load(Ordering::Relaxed), 0);
+            assert_eq!(stored.status.state, CredentialState::Valid);
+            assert_eq!(idp.stats().reuse_in_grace, 1);
+            assert_eq!(idp.stats().grants_revoked, 0);
+        }
+    }
+}
+
+/// `Keeper::reload` installs a generation another process stored, without refreshing.
+#[tokio::test]
+async fn reload_installs_a_newer_stored_generation() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(3_600_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
+    assert_eq!(
+        keeper
+            .token("api", Duration::ZERO)
+            .await
+            .expect("token")
+            .generation(),
+        1
+    );
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    assert_eq!(
+        keeper
+            .cached_token("api", Duration::ZERO)
+            .map(|t| t.generation()),
+        Some(1)
+    );
+    keeper.reload("api").await.expect("reload");
+    assert_eq!(
+        keeper
+            .cached_token("api", Duration::ZERO)
+            .map(|t| t.generation()),
+        Some(2)
+    );
+    assert!(keeper.reload_all().await.is_empty());
+    assert!(matches!(
+        keeper.reload("nope").await,
+        Err(KeeperError::UnknownCredential(_))
+    ));
+    assert_eq!(idp.stats().refresh_calls, 0, "reload never refreshes");
+}

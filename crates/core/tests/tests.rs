@@ -3,3 +3,4 @@
 mod fixtures;
 mod keeper;
 mod login;
+mod reauth;

@@ -57,6 +57,10 @@ pub struct Knobs {
     pub retry_after_secs: Option<u64>,
     /// Added latency on every `/token` request, in milliseconds (real time, not the clock).
     pub token_latency_ms: u64,
+    /// Added latency after a `/token` answer is decided (a refresh token already rotated) and
+    /// before it is sent, in milliseconds (real time). Opens the crash window on purpose: a
+    /// client killed during it loses the rotated refresh token.
+    pub token_answer_delay_ms: u64,
     /// Added latency on every `/api/...` request, in milliseconds (real time, not the clock).
     pub api_latency_ms: u64,
     /// Offset of the IdP's clock from the injected clock, in milliseconds (positive runs ahead).
@@ -113,6 +117,7 @@ impl Default for Knobs {
             fault_503_rate: 0.0,
             retry_after_secs: None,
             token_latency_ms: 0,
+            token_answer_delay_ms: 0,
             api_latency_ms: 0,
             clock_offset_ms: 0,
             omit_expires_in: false,

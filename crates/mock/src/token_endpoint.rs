@@ -20,6 +20,16 @@ use crate::state::{GrantError, IdpState, bump};
 
 /// `POST /token`.
 pub async fn token(State(state): State<IdpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let answer_delay = state.knobs().token_answer_delay_ms;
+    let response = answer(state, headers, body).await;
+    if answer_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(answer_delay)).await;
+    }
+    response
+}
+
+/// Decides the `/token` answer (rotation included).
+async fn answer(state: IdpState, headers: HeaderMap, body: Bytes) -> Response {
     bump(&state.counters().token_requests);
     let knobs = state.knobs();
     if knobs.token_latency_ms > 0 {

@@ -69,11 +69,86 @@ pub(crate) fn authorize(
     Ok(name)
 }
 
-/// `?min_ttl=SECONDS`.
+/// `?min_ttl=SECONDS&wait=SECONDS`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenQuery {
     #[serde(default)]
     min_ttl: Option<u64>,
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// The longest `wait` accepted: a long poll for a re-authentication (five minutes).
+pub const MAX_WAIT: u64 = 300;
+
+/// The `wait` query parameter of a request, capped at [`MAX_WAIT`] (for the request timeout).
+pub(crate) fn wait_param(query: Option<&str>) -> Duration {
+    let wait = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("wait="))
+        .find_map(|value| value.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_secs(wait.min(MAX_WAIT))
+}
+
+/// How often a `wait=` long poll re-reads the store at the least (a backend with change
+/// notifications wakes it sooner).
+const WAIT_POLL: Duration = Duration::from_secs(1);
+
+/// A token, or — when the credential needs re-authentication — after re-reading the store
+/// (a login by another process) and, with `wait`, blocking until a new generation is stored
+/// or `wait` passes. A credential in `needs_reauth` gets no token even if its last access token
+/// has not expired yet: its grant is dead (often revoked with its tokens), so workers should
+/// save their progress and stop.
+async fn token_or_wait(
+    state: &AppState,
+    name: &str,
+    min_ttl: Duration,
+    wait: Duration,
+) -> Result<AccessToken, authkeeper_core::KeeperError> {
+    let keeper = state.keeper();
+    let attempt = || async {
+        match keeper.status(name) {
+            Some(status) if status.state == CredentialState::NeedsReauth => {
+                Err(authkeeper_core::KeeperError::NeedsReauth {
+                    name: name.to_owned(),
+                    reason: status
+                        .reason
+                        .unwrap_or_else(|| CredentialState::NeedsReauth.to_string()),
+                })
+            }
+            _ => keeper.token(name, min_ttl).await,
+        }
+    };
+    let needs_reauth = |result: &Result<AccessToken, authkeeper_core::KeeperError>| matches!(result, Err(error) if error.class() == authkeeper_core::ErrorClass::NeedsReauth);
+    let first = attempt().await;
+    if !needs_reauth(&first) {
+        return first;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = keeper
+        .store()
+        .load(name)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |record| record.generation);
+    loop {
+        let _ = keeper.reload(name).await;
+        let now = tokio::time::Instant::now();
+        let result = attempt().await;
+        if !needs_reauth(&result) || now >= deadline {
+            return result;
+        }
+        keeper
+            .store()
+            .wait_for_change(name, seen, WAIT_POLL.min(deadline - now))
+            .await;
+        if let Ok(Some(record)) = keeper.store().load(name).await {
+            seen = record.generation;
+        }
+    }
 }
 
 /// The longest `min_ttl` accepted (one year).
@@ -90,20 +165,27 @@ pub(crate) async fn token(
         Ok(name) => name,
         Err(problem) => return problem.into_response(),
     };
-    let min_ttl = match query {
-        Ok(Query(TokenQuery { min_ttl })) if min_ttl.unwrap_or(0) <= MAX_MIN_TTL => {
-            Duration::from_secs(min_ttl.unwrap_or(0))
+    let (min_ttl, wait) = match query {
+        Ok(Query(TokenQuery { min_ttl, wait }))
+            if min_ttl.unwrap_or(0) <= MAX_MIN_TTL && wait.unwrap_or(0) <= MAX_WAIT =>
+        {
+            (
+                Duration::from_secs(min_ttl.unwrap_or(0)),
+                Duration::from_secs(wait.unwrap_or(0)),
+            )
         }
         _ => {
             state
                 .metrics()
                 .token_request(&name, ProblemType::InvalidRequest.slug());
-            return Problem::invalid_request("min_ttl must be a whole number of seconds")
-                .with_credential(&name)
-                .into_response();
+            return Problem::invalid_request(format!(
+                "min_ttl and wait must be whole numbers of seconds (wait at most {MAX_WAIT})"
+            ))
+            .with_credential(&name)
+            .into_response();
         }
     };
-    match state.keeper().token(&name, min_ttl).await {
+    match token_or_wait(&state, &name, min_ttl, wait).await {
         Ok(token) => {
             state.metrics().token_request(&name, "ok");
             tracing::debug!(client = client.name(), credential = %name, generation = token.generation(), "token handed out");
@@ -217,6 +299,9 @@ struct StatusBody {
     reason: Option<String>,
     next_attempt_at: Option<String>,
     circuit: &'static str,
+    /// What a human should run, when the credential needs re-authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login_hint: Option<String>,
 }
 
 fn circuit_name(state: Option<CircuitState>) -> &'static str {
@@ -250,6 +335,8 @@ fn status_body(state: &AppState, name: &str, summary: Option<&CredentialSummary>
         reason,
         next_attempt_at: status.next_attempt_at.map(Timestamp::to_rfc3339),
         circuit: circuit_name(state.keeper().circuit_state(name)),
+        login_hint: (state_name == CredentialState::NeedsReauth.as_str())
+            .then(|| authkeeper_core::reauth::login_hint(name)),
     }
 }
 
@@ -318,12 +405,26 @@ pub(crate) async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: warm-up finished and the store answers.
+/// `GET /readyz`: warm-up finished, the readiness probe (e.g. Redis health) passes and the store
+/// answers.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if !state.readiness().is_warmed_up() {
         return Problem::new(ProblemType::NotReady, "loading credentials from the store")
             .with_retry_after(Duration::from_secs(1))
             .into_response();
+    }
+    if let Some(probe) = state.readiness_probe() {
+        let reason = match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe.check()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some("the readiness probe did not answer in time".to_owned()),
+        };
+        if let Some(reason) = reason {
+            tracing::warn!(reason = %reason, "readiness: not ready");
+            return Problem::new(ProblemType::StoreUnavailable, reason)
+                .with_retry_after(Duration::from_secs(1))
+                .into_response();
+        }
     }
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.keeper().store().list()).await {
         Ok(Ok(_)) => {}

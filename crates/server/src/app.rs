@@ -14,6 +14,7 @@ use rand::RngCore as _;
 
 use crate::api;
 use crate::auth::ClientIdentity;
+use crate::checkpoints;
 use crate::problem::{Problem, ProblemType};
 use crate::state::AppState;
 
@@ -26,6 +27,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials/{name}"),
     ("GET", "/v1/credentials/{name}/token"),
     ("POST", "/v1/credentials/{name}/rejected"),
+    ("GET", "/v1/checkpoints/{task}"),
+    ("PUT", "/v1/checkpoints/{task}"),
+    ("DELETE", "/v1/checkpoints/{task}"),
     ("ANY", "/proxy/{name}"),
     ("ANY", "/proxy/{name}/{path}"),
     ("GET", "/healthz"),
@@ -49,6 +53,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/credentials/{name}", get(api::status))
         .route("/v1/credentials/{name}/token", get(api::token))
         .route("/v1/credentials/{name}/rejected", post(api::rejected))
+        .route(
+            "/v1/checkpoints/{task}",
+            get(checkpoints::get)
+                .put(checkpoints::put)
+                .delete(checkpoints::delete),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,
@@ -96,7 +106,8 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
 
 /// Bounds the time of one API request.
 async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config().request_timeout;
+    // A `wait=` long poll may take that much longer.
+    let limit = state.config().request_timeout + api::wait_param(request.uri().query());
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::new(

@@ -48,6 +48,7 @@ enum Allowed {
 pub struct ClientIdentity {
     name: Arc<str>,
     credentials: Arc<Allowed>,
+    checkpoints: Arc<Allowed>,
 }
 
 impl ClientIdentity {
@@ -61,6 +62,19 @@ impl ClientIdentity {
         match &*self.credentials {
             Allowed::All => true,
             Allowed::Only(names) => names.contains(credential),
+        }
+    }
+
+    /// Whether this client may read and write the checkpoint of `task`: the task named like
+    /// the client, tasks starting with its name and `.`, `-` or `_`, and the tasks listed in its
+    /// `checkpoints` (`"*"` allows all).
+    pub fn may_use_checkpoint(&self, task: &str) -> bool {
+        let own = task
+            .strip_prefix(&*self.name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-', '_']));
+        own || match &*self.checkpoints {
+            Allowed::All => true,
+            Allowed::Only(names) => names.contains(task),
         }
     }
 }
@@ -113,11 +127,17 @@ impl ClientKeys {
             } else {
                 Allowed::Only(config.credentials.iter().cloned().collect())
             };
+            let checkpoints = if config.checkpoints.iter().any(|c| c == "*") {
+                Allowed::All
+            } else {
+                Allowed::Only(config.checkpoints.iter().cloned().collect())
+            };
             clients.push(Client {
                 hash,
                 identity: ClientIdentity {
                     name: Arc::from(config.name.as_str()),
                     credentials: Arc::new(credentials),
+                    checkpoints: Arc::new(checkpoints),
                 },
             });
         }
@@ -231,6 +251,7 @@ mod tests {
             key_sha256: key_sha256(key),
             credentials: credentials.iter().map(|s| s.to_string()).collect(),
             sites: vec![],
+            checkpoints: vec![],
         }
     }
 

@@ -25,7 +25,7 @@ use tokio_rustls::rustls;
 use crate::config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::state::{AppState, StateError, WarmUpFailure};
+use crate::state::{AppState, ReadinessProbe, StateError, WarmUpFailure};
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     /// Run the Keeper's heartbeat (proactive refreshes) while serving (default false here;
     /// `authkeeper serve` turns it on).
     pub heartbeat: bool,
+    /// An extra `/readyz` check, e.g. the shared store's health (none: the store answering a
+    /// listing is enough).
+    pub readiness_probe: Option<Arc<dyn ReadinessProbe>>,
 }
 
 /// The upstreams of every credential with an `upstream` URL.
@@ -155,7 +158,8 @@ impl Broker {
             &config.clients,
             config.upstreams,
             metrics,
-        )?;
+        )?
+        .with_readiness_probe(config.readiness_probe);
         let warm_state = state.clone();
         let warm_up = tokio::spawn(async move {
             let failures = warm_state.keeper().warm_up().await;

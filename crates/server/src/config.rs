@@ -136,6 +136,11 @@ pub struct ClientConfig {
     /// Browser-session sites this client may lease (reserved for sessions).
     #[serde(default)]
     pub sites: Vec<String>,
+    /// Checkpoint tasks this client may read and write besides its own (a client may always use
+    /// the task named like it and tasks starting with its name and `.`, `-` or `_`); `"*"`
+    /// allows every task.
+    #[serde(default)]
+    pub checkpoints: Vec<String>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -145,6 +150,7 @@ impl fmt::Debug for ClientConfig {
             .field("name", &self.name)
             .field("credentials", &self.credentials)
             .field("sites", &self.sites)
+            .field("checkpoints", &self.checkpoints)
             .finish_non_exhaustive()
     }
 }

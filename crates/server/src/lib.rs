@@ -5,6 +5,7 @@
 //! - [`app`]: the router ([`router`]) with authentication, logging and timeouts.
 //! - [`api`] handlers, [`auth`] client keys, [`metrics`] Prometheus metrics, [`problem`]
 //!   RFC 9457 errors, [`proxy`] the credential-injecting reverse proxy, [`state`] shared state.
+//! - [`notify`]: the re-authentication webhook ([`notify::Notifier`], an event sink).
 //!
 //! Tests start the real broker in-process with [`Broker::start`] on `127.0.0.1:0`.
 
@@ -12,8 +13,10 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod checkpoints;
 pub mod config;
 pub mod metrics;
+pub mod notify;
 pub mod problem;
 pub mod proxy;
 pub mod state;
@@ -24,4 +27,4 @@ pub use broker::{BoundAddr, Broker, BrokerConfig, BrokerError, serve, upstreams_
 pub use config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 pub use metrics::Metrics;
 pub use problem::{Problem, ProblemType};
-pub use state::AppState;
+pub use state::{AppState, ReadinessProbe};

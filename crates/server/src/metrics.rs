@@ -61,6 +61,9 @@ pub struct Metrics {
     proxy_requests: Family<StatusLabels, Counter>,
     needing_reauth: Gauge,
     circuit_state: Family<CredentialLabel, Gauge>,
+    lost_in_crash: Family<CredentialLabel, Counter>,
+    writes_fenced: Family<CredentialLabel, Counter>,
+    lease_takeovers: Family<CredentialLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +130,28 @@ impl Metrics {
             "Circuit breaker of the credential's token endpoint: 0 closed, 1 open, 2 half-open",
             circuit_state.clone(),
         );
+        let lost_in_crash = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "lost_in_crash",
+            "Grants lost because a refresh holder died between the provider's answer and the durable write",
+            lost_in_crash.clone(),
+        );
+        let writes_fenced = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "writes_fenced",
+            "Refreshed token sets refused by fencing because another holder stored a newer generation",
+            writes_fenced.clone(),
+        );
+        let lease_takeovers = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "lease_takeovers",
+            "Refresh leases taken over from a holder that never released them (crashed or hung)",
+            lease_takeovers.clone(),
+        );
         Metrics {
+            lost_in_crash,
+            writes_fenced,
+            lease_takeovers,
             registry,
             refreshes,
             refresh_duration,
@@ -226,6 +250,27 @@ impl EventSink for Metrics {
                     .get_or_create(&RefreshedLabels {
                         credential: (*name).to_owned(),
                         refreshed: refreshed.to_string(),
+                    })
+                    .inc();
+            }
+            Event::LostInCrash { name, .. } => {
+                self.lost_in_crash
+                    .get_or_create(&CredentialLabel {
+                        credential: (*name).to_owned(),
+                    })
+                    .inc();
+            }
+            Event::WriteFenced { name, .. } => {
+                self.writes_fenced
+                    .get_or_create(&CredentialLabel {
+                        credential: (*name).to_owned(),
+                    })
+                    .inc();
+            }
+            Event::LeaseTakenOver { name } => {
+                self.lease_takeovers
+                    .get_or_create(&CredentialLabel {
+                        credential: (*name).to_owned(),
                     })
                     .inc();
             }

@@ -181,6 +181,7 @@ pub struct Problem {
     credential: Option<String>,
     next_attempt_at: Option<Timestamp>,
     retry_after: Option<Duration>,
+    login_hint: Option<String>,
 }
 
 /// The JSON body of a problem.
@@ -195,6 +196,8 @@ struct ProblemBody<'a> {
     credential: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login_hint: Option<&'a str>,
 }
 
 impl Problem {
@@ -207,6 +210,7 @@ impl Problem {
             credential: None,
             next_attempt_at: None,
             retry_after: None,
+            login_hint: None,
         }
     }
 
@@ -299,6 +303,9 @@ impl Problem {
         let mut problem = Problem::new(kind, error.to_string());
         if let Some(name) = credential {
             problem = problem.with_credential(name);
+            if kind == ProblemType::NeedsReauth {
+                problem = problem.with_login_hint(authkeeper_core::reauth::login_hint(name));
+            }
         }
         if let Some(at) = next_attempt_at {
             problem = problem.with_next_attempt_at(at, now);
@@ -309,6 +316,12 @@ impl Problem {
             problem = problem.with_retry_after(Duration::from_secs(1));
         }
         problem
+    }
+
+    /// Says what a human should run (`authkeeper login NAME`) for a `needs-reauth` problem.
+    pub fn with_login_hint(mut self, hint: impl Into<String>) -> Self {
+        self.login_hint = Some(hint.into());
+        self
     }
 
     /// Names the credential concerned.
@@ -365,6 +378,7 @@ impl Problem {
             detail: &self.detail,
             credential: self.credential.as_deref(),
             next_attempt_at: self.next_attempt_at.map(Timestamp::to_rfc3339),
+            login_hint: self.login_hint.as_deref(),
         }
     }
 }

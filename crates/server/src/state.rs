@@ -34,6 +34,15 @@ pub struct WarmUpFailure {
     pub detail: String,
 }
 
+/// An extra readiness check run by `GET /readyz`, e.g. the health of a shared store (Redis):
+/// `Err(reason)` makes the broker report not-ready (503) with that reason. The reason must not
+/// contain a secret.
+#[async_trait::async_trait]
+pub trait ReadinessProbe: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks readiness now; should answer within a second or two.
+    async fn check(&self) -> Result<(), String>;
+}
+
 /// Whether start-up work has finished, and how it went.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -75,6 +84,7 @@ struct Inner {
     upstreams: HashMap<String, ()>,
     config: ServerConfig,
     readiness: Readiness,
+    probe: Option<Arc<dyn ReadinessProbe>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -117,6 +127,7 @@ impl AppState {
                 upstreams: names,
                 config,
                 readiness: Readiness::default(),
+                probe: None,
             }),
         })
     }
@@ -154,6 +165,19 @@ impl AppState {
     /// Start-up progress.
     pub fn readiness(&self) -> &Readiness {
         &self.inner.readiness
+    }
+
+    /// Adds an extra readiness check to `/readyz` (call before the state is shared).
+    pub fn with_readiness_probe(mut self, probe: Option<Arc<dyn ReadinessProbe>>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.probe = probe;
+        }
+        self
+    }
+
+    /// The extra readiness check, if any.
+    pub fn readiness_probe(&self) -> Option<&Arc<dyn ReadinessProbe>> {
+        self.inner.probe.as_ref()
     }
 
     /// Whether `credential` is configured in the Keeper.

@@ -36,6 +36,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value BLOB NOT NULL
     ) STRICT;",
+    // 2: task checkpoints (sealed JSON, kind "checkpoint").
+    "CREATE TABLE checkpoints (
+        task TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL CHECK (version > 0),
+        sealed BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;",
+    // 3: the generation a lease holder is refreshing from (`Store::mark_in_flight`).
+    "ALTER TABLE leases ADD COLUMN in_flight INTEGER;",
 ];
 
 /// The schema version this build writes.

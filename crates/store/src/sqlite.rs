@@ -22,7 +22,7 @@ use rusqlite::{
 };
 use zeroize::Zeroizing;
 
-use authkeeper_core::store::validate_name;
+use authkeeper_core::store::{CHECKPOINT_KIND, StoredCheckpoint, validate_name};
 use authkeeper_core::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
     StoredCredential, Timestamp, TokenSet, WriteOutcome,
@@ -215,6 +215,33 @@ where
             message: "a store task failed".to_owned(),
             source: Some(Box::new(e)),
         })?
+}
+
+/// Re-seals every checkpoint with the primary key of `keyring` (part of a rekey).
+fn reseal_checkpoints(tx: &Transaction<'_>, keyring: &Keyring) -> Result<(), StoreError> {
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut statement = tx
+            .prepare("SELECT task, sealed FROM checkpoints")
+            .map_err(sql_error)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sql_error)?;
+        rows.collect::<Result<_, _>>().map_err(sql_error)?
+    };
+    for (task, sealed) in &rows {
+        let plaintext = keyring
+            .open(CHECKPOINT_KIND, task, sealed)
+            .map_err(|e| e.into_store_error(CHECKPOINT_KIND, task))?;
+        let resealed = keyring
+            .seal(CHECKPOINT_KIND, task, &plaintext)
+            .map_err(|e| e.into_store_error(CHECKPOINT_KIND, task))?;
+        tx.execute(
+            "UPDATE checkpoints SET sealed = ?2 WHERE task = ?1",
+            params![task, resealed],
+        )
+        .map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 /// Creates an empty store file with mode 0600 unless it exists (SQLite treats an empty file as
@@ -800,7 +827,7 @@ impl Inner {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error)?;
         tx.execute(
-            "UPDATE leases SET released = 1 WHERE name = ?1 AND owner = ?2 AND fence = ?3 AND released = 0",
+            "UPDATE leases SET released = 1, in_flight = NULL WHERE name = ?1 AND owner = ?2 AND fence = ?3 AND released = 0",
             params![lease.name, lease.owner, to_i64(lease.fence)],
         )
         .map_err(sql_error)?;
@@ -808,6 +835,95 @@ impl Inner {
         // Only now may the next holder take the OS lock: it must see the row released.
         drop(guard);
         Ok(())
+    }
+
+    fn mark_in_flight(
+        &self,
+        name: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        let previous: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT in_flight FROM leases WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql_error)?;
+        tx.execute(
+            "UPDATE leases SET in_flight = ?3 WHERE name = ?1 AND fence = ?2 AND released = 0",
+            params![name, to_i64(fence), to_i64(generation)],
+        )
+        .map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        previous
+            .flatten()
+            .map(|g| to_u64(name, "in_flight", g))
+            .transpose()
+    }
+
+    fn put_checkpoint(&self, task: &str, data: &[u8], now: Timestamp) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        let keyring = self.sealing_keyring(&tx)?;
+        let sealed = keyring
+            .seal(CHECKPOINT_KIND, task, data)
+            .map_err(|e| e.into_store_error(CHECKPOINT_KIND, task))?;
+        let version: i64 = tx
+            .query_row(
+                "INSERT INTO checkpoints (task, version, sealed, updated_at) VALUES (?1, 1, ?2, ?3)
+                 ON CONFLICT(task) DO UPDATE SET version = version + 1, sealed = excluded.sealed,
+                     updated_at = excluded.updated_at
+                 RETURNING version",
+                params![task, sealed, now.as_millis()],
+                |row| row.get(0),
+            )
+            .map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        to_u64(task, "version", version)
+    }
+
+    fn get_checkpoint(&self, task: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT version, sealed, updated_at FROM checkpoints WHERE task = ?1",
+                params![task],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(sql_error)?;
+        let Some((version, sealed, updated_at)) = row else {
+            return Ok(None);
+        };
+        let data = self.unseal(CHECKPOINT_KIND, task, &sealed)?;
+        Ok(Some(StoredCheckpoint {
+            task: task.to_owned(),
+            data,
+            version: to_u64(task, "version", version)?,
+            updated_at: Timestamp::from_millis(updated_at),
+        }))
+    }
+
+    fn delete_checkpoint(&self, task: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .conn()
+            .execute("DELETE FROM checkpoints WHERE task = ?1", params![task])
+            .map_err(sql_error)?;
+        Ok(deleted > 0)
     }
 
     fn generation(&self, name: &str) -> Result<u64, StoreError> {
@@ -861,6 +977,7 @@ impl Inner {
                 )
                 .map_err(sql_error)?;
             }
+            reseal_checkpoints(&tx, &transitional)?;
             write_key_check(&tx, &transitional)?;
             tx.commit().map_err(sql_error)?;
             rows.len()
@@ -944,6 +1061,42 @@ impl Store for SqliteStore {
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         validate_name(&lease.name)?;
         self.run(move |inner| inner.release_lease(lease)).await
+    }
+
+    async fn mark_in_flight(
+        &self,
+        name: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        validate_name(name)?;
+        let name = name.to_owned();
+        self.run(move |inner| inner.mark_in_flight(&name, fence, generation))
+            .await
+    }
+
+    async fn put_checkpoint(
+        &self,
+        task: &str,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        validate_name(task)?;
+        let (task, data) = (task.to_owned(), Zeroizing::new(data.to_vec()));
+        self.run(move |inner| inner.put_checkpoint(&task, &data, now))
+            .await
+    }
+
+    async fn get_checkpoint(&self, task: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        validate_name(task)?;
+        let task = task.to_owned();
+        self.run(move |inner| inner.get_checkpoint(&task)).await
+    }
+
+    async fn delete_checkpoint(&self, task: &str) -> Result<bool, StoreError> {
+        validate_name(task)?;
+        let task = task.to_owned();
+        self.run(move |inner| inner.delete_checkpoint(&task)).await
     }
 
     async fn wait_for_change(&self, name: &str, seen_generation: u64, timeout: Duration) {

@@ -33,6 +33,10 @@ async fn rekey_with_a_key_file_drops_the_old_key() {
             .await
             .expect("put");
     }
+    store
+        .put_checkpoint("job", br#"{"done":75}"#, now())
+        .await
+        .expect("put_checkpoint");
     let new = SealKey::generate();
     assert_eq!(store.rekey(new.clone()).await.expect("rekey"), 3);
     assert_eq!(store.key_id(), new.id());
@@ -55,6 +59,12 @@ async fn rekey_with_a_key_file_drops_the_old_key() {
     ));
     let store = SqliteStore::open(&fx.db, Keyring::new(new)).expect("new key alone");
     assert_readable(&store, &["a", "b", "c", "d"]).await;
+    let checkpoint = store
+        .get_checkpoint("job")
+        .await
+        .expect("checkpoints are re-sealed with the new key")
+        .expect("checkpoint kept");
+    assert_eq!(&checkpoint.data[..], br#"{"done":75}"#);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use authkeeper_core::{Clock as _, LeaseAttempt, Store as _, SystemClock};
+use authkeeper_core::{Clock as _, LeaseAttempt, SystemClock};
 
 use crate::cli::{DebugCommand, GlobalArgs};
 use crate::context::Context;
@@ -12,7 +12,7 @@ pub async fn run(global: &GlobalArgs, command: DebugCommand) -> anyhow::Result<E
     match command {
         DebugCommand::HoldLease { name, hold, ttl } => {
             let context = Context::load(global)?;
-            let store = context.open_store()?;
+            let store = context.open_store().await?;
             let owner = format!("debug-{}", std::process::id());
             let lease = match store
                 .try_acquire_lease(&name, &owner, SystemClock::new().now(), ttl)

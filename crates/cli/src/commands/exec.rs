@@ -5,8 +5,10 @@
 //! is stored, so a reader never sees a partial token). The engine runs in this process on the
 //! embedded store and refreshes in the background. A private broker for the child listens on
 //! a loopback port: its URL is in `AUTHKEEPER_URL` and a one-off key that may use only this
-//! credential in `AUTHKEEPER_API_KEY` (token API and proxy, like `authkeeper serve`). Signals
-//! are forwarded to the child, and authkeeper exits with the child's status.
+//! credential in `AUTHKEEPER_API_KEY` (token API and proxy, like `authkeeper serve`), and the
+//! checkpoint of the task named by `--task` (default: the credential's name) at
+//! `AUTHKEEPER_CHECKPOINT_URL` (`PUT`/`GET`/`DELETE`, same key). Signals are forwarded to the
+//! child, and authkeeper exits with the child's status.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -43,7 +45,7 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
         .split_first()
         .context("no command given after `--`")?;
     let context = Context::load(global)?;
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let (changed_tx, mut changed) = watch::channel(0u64);
     let name = args.name.clone();
     let sink = Arc::new(move |event: &Event<'_>| match event {
@@ -66,10 +68,15 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
     let dir = RuntimeDir::create()?;
     let token_file = dir.path().join("token");
     write_atomically(&token_file, first.secret().expose_secret())?;
+    let task = args.task.clone().unwrap_or_else(|| args.name.clone());
+    authkeeper_core::store::validate_name(&task).context("invalid --task")?;
     let key = NewKey::generate();
-    let broker = Broker::start(keeper.clone(), private_broker(&context, &args.name, &key))
-        .await
-        .context("cannot start the private broker for the child")?;
+    let broker = Broker::start(
+        keeper.clone(),
+        private_broker(&context, &args.name, &task, &key),
+    )
+    .await
+    .context("cannot start the private broker for the child")?;
     let writer = tokio::spawn(keep_fresh(
         keeper.clone(),
         args.name.clone(),
@@ -87,6 +94,10 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
         .env("AUTHKEEPER_CREDENTIAL", &args.name)
         .env("AUTHKEEPER_URL", broker.url())
         .env("AUTHKEEPER_API_KEY", key.expose_key())
+        .env(
+            authkeeper_core::checkpoint::CHECKPOINT_URL_ENV,
+            format!("{}/v1/checkpoints/{task}", broker.url()),
+        )
         .spawn()
         .with_context(|| format!("cannot start {program}"))?;
     let pid = child.id();
@@ -115,8 +126,9 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
     Ok(exit_code(status))
 }
 
-/// A broker on a free loopback port whose only client is `key`, limited to `name`.
-fn private_broker(context: &Context, name: &str, key: &NewKey) -> BrokerConfig {
+/// A broker on a free loopback port whose only client is `key`, limited to `name` and the
+/// checkpoint of `task`.
+fn private_broker(context: &Context, name: &str, task: &str, key: &NewKey) -> BrokerConfig {
     let mut credentials = context.config.credentials.clone();
     credentials.retain(|configured, _| configured == name);
     BrokerConfig {
@@ -129,10 +141,12 @@ fn private_broker(context: &Context, name: &str, key: &NewKey) -> BrokerConfig {
             key_sha256: key.sha256().to_owned(),
             credentials: vec![name.to_owned()],
             sites: Vec::new(),
+            checkpoints: vec![task.to_owned()],
         }],
         upstreams: upstreams_from(&credentials),
         metrics: None,
         heartbeat: true,
+        readiness_probe: None,
     }
 }
 

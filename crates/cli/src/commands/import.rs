@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use authkeeper_core::{Clock as _, ExpiryDefaults, Store as _, SystemClock, TokenResponse};
+use authkeeper_core::{Clock as _, ExpiryDefaults, SystemClock, TokenResponse};
 use secrecy::zeroize::Zeroizing;
 
 use crate::cli::{GlobalArgs, ImportArgs};
@@ -41,7 +41,7 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCo
     let tokens = response.into_token_set(now, &expiry);
     let has_refresh = tokens.refresh_token.is_some();
     let expires_at = tokens.expires_at;
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let generation = store.put(&args.name, &tokens, now).await?;
     if args.json {
         println!(

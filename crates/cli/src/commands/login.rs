@@ -21,7 +21,7 @@ use authkeeper_core::login::{
     DeviceAuthorization, DeviceEvent, LoginClient, LoginCommand, LoginError, LoginSettings,
     PkceOptions, PollOptions, run_login_command,
 };
-use authkeeper_core::{ErrorClass, KeeperError, Store as _, SystemClock, TokenResponse};
+use authkeeper_core::{ErrorClass, KeeperError, SystemClock, TokenResponse};
 use clap::ValueEnum;
 
 use crate::cli::GlobalArgs;
@@ -88,7 +88,7 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCod
     let settings = credential.resolve(&args.name)?;
     let login = LoginSettings::from_config(&args.name, credential)?;
     // Open the store first: a missing key should fail before the user goes through a login.
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -6,9 +6,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use authkeeper_core::SystemClock;
 use authkeeper_core::grant::OAuthClient;
 use authkeeper_core::login::{LoginClient, LoginSettings, TokenTypeHint};
-use authkeeper_core::{Store as _, SystemClock};
 
 use crate::cli::GlobalArgs;
 use crate::context::Context;
@@ -53,7 +53,7 @@ impl Revocation {
 pub async fn run(global: &GlobalArgs, args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
     authkeeper_core::store::validate_name(&args.name)?;
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let stored = store.load(&args.name).await?;
     let mut revoked: Vec<&'static str> = Vec::new();
     let revocation = match &stored {

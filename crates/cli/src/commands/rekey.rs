@@ -11,7 +11,7 @@ use crate::context::Context;
 
 pub async fn run(global: &GlobalArgs, args: RekeyArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    let store = context.open_store()?;
+    let store = context.open_sqlite()?;
     let new_key = match &args.new_key_env {
         Some(var) => {
             let value = std::env::var(var)

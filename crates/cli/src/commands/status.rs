@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use authkeeper_core::{CredentialSummary, Store as _};
+use authkeeper_core::CredentialSummary;
 use serde_json::json;
 
 use super::seconds_until;
@@ -12,7 +12,7 @@ use crate::context::Context;
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let mut rows: BTreeMap<String, Option<CredentialSummary>> = context
         .config
         .credentials

@@ -15,7 +15,7 @@ use crate::context::Context;
 
 pub async fn run(global: &GlobalArgs, args: TokenArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    let store = context.open_store()?;
+    let store = context.open_store().await?;
     let settings = KeeperSettings {
         background_refresh: false,
         ..KeeperSettings::default()

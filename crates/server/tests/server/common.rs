@@ -41,12 +41,14 @@ pub fn clients() -> Vec<ClientConfig> {
             key_sha256: key_sha256(KEY_A),
             credentials: vec!["crm".into()],
             sites: vec![],
+            checkpoints: vec![],
         },
         ClientConfig {
             name: "b".into(),
             key_sha256: key_sha256(KEY_B),
             credentials: vec!["*".into()],
             sites: vec![],
+            checkpoints: vec![],
         },
     ]
 }
@@ -107,6 +109,7 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
             upstreams,
             metrics: Some(metrics),
             heartbeat: true,
+            readiness_probe: None,
         },
     )
     .await

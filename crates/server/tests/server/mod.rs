@@ -7,4 +7,5 @@ mod keys;
 mod listeners;
 mod load;
 mod openapi;
+mod reauth;
 mod shutdown;

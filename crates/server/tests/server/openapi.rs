@@ -152,4 +152,17 @@ async fn real_responses_match_the_document() {
         .await
         .expect("json");
     conforms(&doc, "Token", &rejected);
+    let saved: Value = t
+        .http
+        .put(format!("{}/v1/checkpoints/a.job", t.url))
+        .bearer_auth(KEY_A)
+        .json(&serde_json::json!({ "done": 3 }))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    conforms(&doc, "CheckpointSaved", &saved);
+    conforms(&doc, "Problem", &json("/v1/checkpoints/a.none").await);
 }

@@ -57,6 +57,10 @@ impl Keys {
         format!("{}{{cred:{name}}}:lease", self.prefix)
     }
 
+    pub(crate) fn checkpoint(&self, task: &str) -> String {
+        format!("{}{{ckpt:{task}}}", self.prefix)
+    }
+
     pub(crate) fn index(&self) -> String {
         format!("{}index", self.prefix)
     }

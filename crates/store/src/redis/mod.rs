@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use authkeeper_core::store::validate_name;
+use authkeeper_core::store::{CHECKPOINT_KIND, StoredCheckpoint, validate_name};
 use authkeeper_core::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
     StoredCredential, Timestamp, TokenSet, WriteOutcome,
@@ -872,6 +872,107 @@ impl Store for RedisStore {
             .timed("releasing a lease", call.invoke_async(&mut conn))
             .await?;
         Ok(())
+    }
+
+    async fn put_checkpoint(
+        &self,
+        task: &str,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        validate_name(task)?;
+        let sealed = self
+            .inner
+            .keyring
+            .seal(CHECKPOINT_KIND, task, data)
+            .map_err(|e| e.into_store_error(CHECKPOINT_KIND, task))?;
+        let key = self.inner.keys.checkpoint(task);
+        let mut conn = self.conn();
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("version")
+            .arg(1)
+            .cmd("HSET")
+            .arg(&key)
+            .arg("sealed")
+            .arg(sealed.as_slice())
+            .arg("updated_at")
+            .arg(now.as_millis())
+            .ignore();
+        let (version,): (i64,) = self
+            .timed("saving a checkpoint", pipe.query_async(&mut conn))
+            .await?;
+        u64::try_from(version).map_err(|_| error::corrupt(task, "negative checkpoint version"))
+    }
+
+    async fn get_checkpoint(&self, task: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        validate_name(task)?;
+        let mut conn = self.conn();
+        let values: (Option<String>, Option<Vec<u8>>, Option<String>) = self
+            .timed(
+                "loading a checkpoint",
+                ::redis::cmd("HMGET")
+                    .arg(self.inner.keys.checkpoint(task))
+                    .arg("version")
+                    .arg("sealed")
+                    .arg("updated_at")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let (Some(version), Some(sealed)) = (values.0, values.1) else {
+            return Ok(None);
+        };
+        let version = parse_u64(task, "version", &version)?;
+        let updated_at = parse_millis(task, "updated_at", values.2.as_deref())?
+            .ok_or_else(|| error::corrupt(task, "no updated_at"))?;
+        let data = self
+            .inner
+            .keyring
+            .open(CHECKPOINT_KIND, task, &sealed)
+            .map_err(|e| e.into_store_error(CHECKPOINT_KIND, task))?;
+        Ok(Some(StoredCheckpoint {
+            task: task.to_owned(),
+            data,
+            version,
+            updated_at,
+        }))
+    }
+
+    async fn delete_checkpoint(&self, task: &str) -> Result<bool, StoreError> {
+        validate_name(task)?;
+        let mut conn = self.conn();
+        let deleted: i64 = self
+            .timed(
+                "deleting a checkpoint",
+                ::redis::cmd("DEL")
+                    .arg(self.inner.keys.checkpoint(task))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn mark_in_flight(
+        &self,
+        name: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        validate_name(name)?;
+        let mut conn = self.conn();
+        let mut call = self.inner.scripts.mark_in_flight.prepare_invoke();
+        call.key(self.inner.keys.lease(name))
+            .arg(fence.to_string())
+            .arg(generation.to_string());
+        let reply: Vec<String> = self
+            .timed("marking a refresh in flight", call.invoke_async(&mut conn))
+            .await?;
+        match reply.first().map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(previous) => parse_u64(name, "in_flight", previous).map(Some),
+        }
     }
 
     async fn wait_for_change(&self, name: &str, seen_generation: u64, timeout: Duration) {

@@ -84,7 +84,7 @@ return {'1', fence, abandoned, held[1] or ''}
 const RELEASE: &str = r#"
 local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
 if held[1] == ARGV[1] and held[2] == ARGV[2] then
-  redis.call('HDEL', KEYS[1], 'owner', 'expires_at')
+  redis.call('HDEL', KEYS[1], 'owner', 'expires_at', 'in_flight')
   redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' released')
   return 1
 end
@@ -103,6 +103,17 @@ end
 return 0
 "#;
 
+/// Reads the in-flight marker a previous holder left and, if the fence is still ours, sets it.
+///
+/// KEYS: lease. ARGV: fence, generation. Returns `{previous marker or ""}`.
+const MARK_IN_FLIGHT: &str = r#"
+local held = redis.call('HMGET', KEYS[1], 'fence', 'in_flight', 'owner')
+if held[1] == ARGV[1] and held[3] then
+  redis.call('HSET', KEYS[1], 'in_flight', ARGV[2])
+end
+return {held[2] or ''}
+"#;
+
 /// The compiled scripts (`EVALSHA`, loaded again automatically after a Redis restart).
 pub(crate) struct Scripts {
     pub(crate) write: Script,
@@ -111,6 +122,7 @@ pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) release: Script,
     pub(crate) renew: Script,
+    pub(crate) mark_in_flight: Script,
 }
 
 impl Scripts {
@@ -122,6 +134,7 @@ impl Scripts {
             acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
+            mark_in_flight: Script::new(MARK_IN_FLIGHT),
         }
     }
 }

@@ -1,0 +1,148 @@
+//! The Keeper's side of automatic re-authentication (see [`crate::reauth`]): the one place a
+//! `needs_reauth` failure reaches the [`Reauthenticator`], and the heartbeat's scheduled
+//! re-login ahead of a session's absolute expiry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Entry, Keeper};
+use crate::clock::Timestamp;
+use crate::events::Event;
+use crate::reauth::{ReauthRequest, ReauthTrigger, Reauthenticator};
+use crate::store::CredentialState;
+
+/// What the heartbeat already did for a credential, by generation.
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    /// The generation whose scheduled re-login was started.
+    relogin: u64,
+    /// The generation whose session was recorded as expired.
+    expired: u64,
+}
+
+/// The installed reauthenticator and the heartbeat's bookkeeping.
+pub(super) struct ReauthHook {
+    reauthenticator: Arc<dyn Reauthenticator>,
+    done: Mutex<HashMap<Arc<str>, Done>>,
+}
+
+impl ReauthHook {
+    pub(super) fn new(reauthenticator: Arc<dyn Reauthenticator>) -> Self {
+        ReauthHook {
+            reauthenticator,
+            done: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Keeper {
+    /// Reports an event to the Keeper's sinks (for the reauthenticator).
+    pub(crate) fn emit_event(&self, event: Event<'_>) {
+        self.emit(event);
+    }
+
+    /// A refresh of `generation` failed with a `needs_reauth` class: hand it to the
+    /// reauthenticator (which must not block).
+    pub(super) fn reauth_after_failure(&self, entry: &Entry, generation: u64, reason: &str) {
+        let Some(hook) = &self.inner.reauth else {
+            return;
+        };
+        hook.reauthenticator.start(
+            self,
+            ReauthRequest {
+                name: entry.name.to_string(),
+                generation,
+                reason: reason.to_owned(),
+                trigger: ReauthTrigger::RefreshFailed,
+            },
+        );
+    }
+
+    /// The heartbeat's check of `entry`'s session: starts the scheduled re-login when due,
+    /// records the session as needing re-authentication once its absolute expiry passed, and
+    /// returns when to look again.
+    pub(super) fn check_relogin(&self, entry: &Arc<Entry>, now: Timestamp) -> Option<Timestamp> {
+        let hook = self.inner.reauth.as_ref()?;
+        let current = entry.current.load_full()?;
+        if entry.status().state == CredentialState::NeedsReauth {
+            return None;
+        }
+        let schedule = hook
+            .reauthenticator
+            .schedule(&entry.name, &current.tokens, now)?;
+        let generation = current.generation;
+        let expires_at = schedule.session_expires_at;
+        let mut done = hook.done.lock().unwrap_or_else(|p| p.into_inner());
+        let done = done.entry(Arc::clone(&entry.name)).or_default();
+        if now >= expires_at {
+            if done.expired < generation {
+                done.expired = generation;
+                self.expire_session(entry, generation, expires_at);
+            }
+            return None;
+        }
+        if done.relogin >= generation {
+            return Some(expires_at);
+        }
+        if schedule.relogin_at > now {
+            return Some(schedule.relogin_at);
+        }
+        done.relogin = generation;
+        let name = &*entry.name;
+        self.emit(Event::ReloginDue {
+            name,
+            expires_at,
+            automatic: schedule.automatic,
+        });
+        hook.reauthenticator.start(
+            self,
+            ReauthRequest {
+                name: name.to_owned(),
+                generation,
+                reason: format!("the session expires at {}", expires_at.to_rfc3339()),
+                trigger: ReauthTrigger::SessionExpiring { expires_at },
+            },
+        );
+        Some(expires_at)
+    }
+
+    /// Records that the session of `generation` reached its absolute lifetime: refreshing it
+    /// any further is pointless, a login method (or a human) must act.
+    fn expire_session(&self, entry: &Arc<Entry>, generation: u64, expires_at: Timestamp) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let keeper = self.clone();
+        let entry = Arc::clone(entry);
+        runtime.spawn(async move {
+            let name = &*entry.name;
+            let reason = format!(
+                "needs_reauth: the session reached its absolute lifetime at {}",
+                expires_at.to_rfc3339()
+            );
+            let mut status = entry.status();
+            status.state = CredentialState::NeedsReauth;
+            status.reason = Some(reason.clone());
+            status.next_attempt_at = None;
+            match keeper
+                .inner
+                .store
+                .set_status(name, generation, &status)
+                .await
+            {
+                Ok(true) => entry.set_status(status),
+                // A newer generation was stored meanwhile (a re-login): nothing expired.
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(credential = %name, error = %error, "could not store the credential status");
+                    entry.set_status(status);
+                }
+            }
+            keeper.emit(Event::NeedsReauth {
+                name,
+                reason: &reason,
+            });
+            keeper.reauth_after_failure(&entry, generation, &reason);
+        });
+    }
+}
