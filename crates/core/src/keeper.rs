@@ -137,6 +137,13 @@ pub enum KeeperError {
         /// How long we waited.
         waited: Duration,
     },
+    /// This process's refresh lost its lease to another holder, whose tokens were stored
+    /// instead (fencing); retrying picks them up.
+    #[error("the refresh of `{name}` was superseded by another holder's; retry")]
+    Superseded {
+        /// The credential.
+        name: String,
+    },
     /// The store failed.
     #[error("store error for `{name}`: {source}")]
     Store {
@@ -157,9 +164,9 @@ impl KeeperError {
             }
             KeeperError::NotStored(_) | KeeperError::NeedsReauth { .. } => ErrorClass::NeedsReauth,
             KeeperError::Unavailable { class, .. } | KeeperError::Refresh { class, .. } => *class,
-            KeeperError::LeaseWaitTimeout { .. } | KeeperError::Store { .. } => {
-                ErrorClass::Transient
-            }
+            KeeperError::LeaseWaitTimeout { .. }
+            | KeeperError::Superseded { .. }
+            | KeeperError::Store { .. } => ErrorClass::Transient,
         }
     }
 }
@@ -952,9 +959,8 @@ impl Keeper {
                     Some(record) => self.install(entry, record),
                     None => return Err(KeeperError::NotStored(name.to_owned())),
                 }
-                let error = KeeperError::LeaseWaitTimeout {
+                let error = KeeperError::Superseded {
                     name: name.to_owned(),
-                    waited: Duration::ZERO,
                 };
                 self.satisfied(entry, need)
                     .map_or_else(|| self.serve_or(entry, need, error), Ok)

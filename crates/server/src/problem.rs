@@ -290,7 +290,7 @@ impl Problem {
             KeeperError::MinTtlTooLong { name, .. } => {
                 (ProblemType::InvalidRequest, Some(name.as_str()), None)
             }
-            KeeperError::LeaseWaitTimeout { name, .. } => {
+            KeeperError::LeaseWaitTimeout { name, .. } | KeeperError::Superseded { name } => {
                 (ProblemType::Unavailable, Some(name.as_str()), None)
             }
             KeeperError::Store { name, .. } => {
