@@ -35,7 +35,7 @@ pub const REDIRECT_URI: &str = "http://127.0.0.1/callback";
 /// Scopes that yield an access token, an id token and a refresh token.
 pub const SCOPE: &str = "openid offline_access api";
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Knobs for [`OidcProvider::start_with`].
