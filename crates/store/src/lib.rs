@@ -27,6 +27,7 @@
 pub mod key;
 pub mod lock;
 mod migrations;
+mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod seal;

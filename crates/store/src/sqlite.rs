@@ -590,17 +590,8 @@ impl Inner {
         let generation = to_u64(name, "generation", generation)?;
         let status = status.into_status(name)?;
         let plaintext = self.unseal(CREDENTIAL_KIND, name, &sealed)?;
-        // serde_json's messages can quote input, so only the position is reported.
-        let tokens = TokenSet::from_secret_json(&plaintext).map_err(|e| {
-            corrupt_row(
-                name,
-                &format!(
-                    "the sealed token set is not valid (at line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let tokens =
+            crate::record::decode_token_set(&plaintext).map_err(|what| corrupt_row(name, &what))?;
         Ok(Some(StoredCredential {
             name: name.to_owned(),
             generation,

@@ -641,17 +641,8 @@ impl Store for RedisStore {
             .keyring
             .open(CREDENTIAL_KIND, name, &sealed)
             .map_err(|e| e.into_store_error(CREDENTIAL_KIND, name))?;
-        // serde_json's messages can quote input, so only the position is reported.
-        let tokens = TokenSet::from_secret_json(&plaintext).map_err(|e| {
-            error::corrupt(
-                name,
-                &format!(
-                    "the sealed token set is not valid (at line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let tokens = crate::record::decode_token_set(&plaintext)
+            .map_err(|what| error::corrupt(name, &what))?;
         Ok(Some(StoredCredential {
             name: name.to_owned(),
             generation,
