@@ -41,6 +41,6 @@ pub use memory_store::MemoryStore;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use store::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
-    StoredCheckpoint, StoredCredential, WriteOutcome,
+    StoredCheckpoint, StoredCredential, StoredSession, WriteOutcome,
 };
 pub use token::{ExpiryDefaults, TokenResponse, TokenSet};

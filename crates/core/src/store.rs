@@ -129,6 +129,37 @@ impl fmt::Debug for StoredCheckpoint {
 /// The record kind of a sealed checkpoint (part of its associated data).
 pub const CHECKPOINT_KIND: &str = "checkpoint";
 
+/// The record kind of a sealed browser session (part of its associated data).
+pub const SESSION_KIND: &str = "session";
+
+/// A browser session record of one site: an opaque document (JSON owned by `authkeeper-session`)
+/// sealed at rest with kind [`SESSION_KIND`] and name `{site}/{id}`.
+///
+/// Records are versioned: [`Store::compare_and_put_session`] writes only over the version the
+/// writer read, which is what makes a session lease exclusive across processes and replicas.
+#[derive(Clone)]
+pub struct StoredSession {
+    /// The site (same rules as a credential name).
+    pub site: String,
+    /// The session id within the site (same rules as a credential name).
+    pub id: String,
+    /// The document, as saved. Zeroized when dropped; never shown by `Debug`.
+    pub data: zeroize::Zeroizing<Vec<u8>>,
+    /// Bumped by every write; starts at 1.
+    pub version: u64,
+}
+
+impl fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("site", &self.site)
+            .field("id", &self.id)
+            .field("bytes", &self.data.len())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
 /// The outcome of a conditional write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -360,6 +391,59 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn delete_checkpoint(&self, task: &str) -> Result<bool, StoreError> {
         let _ = task;
         Err(checkpoints_unsupported())
+    }
+    /// Lists the session records of `site` (unsealed), in no particular order.
+    async fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
+        let _ = site;
+        Err(sessions_unsupported())
+    }
+
+    /// Lists the sites that have at least one session record.
+    async fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
+        Err(sessions_unsupported())
+    }
+
+    /// Loads one session record, or `None`.
+    async fn load_session(
+        &self,
+        site: &str,
+        id: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let _ = (site, id);
+        Err(sessions_unsupported())
+    }
+
+    /// Writes the session record `site`/`id` only if its stored version is `expected_version`
+    /// (0: it must not exist yet). Returns the new version, or `None` when the version moved (the
+    /// caller lost a race and should re-read). The write is durable when this returns.
+    async fn compare_and_put_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (site, id, expected_version, data);
+        Err(sessions_unsupported())
+    }
+
+    /// Deletes the session record `site`/`id` if its stored version is `expected_version`
+    /// (0: whatever it is). Returns whether a record was deleted.
+    async fn delete_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<bool, StoreError> {
+        let _ = (site, id, expected_version);
+        Err(sessions_unsupported())
+    }
+}
+
+fn sessions_unsupported() -> StoreError {
+    StoreError::Other {
+        message: "this store does not support browser sessions".to_owned(),
+        source: None,
     }
 }
 

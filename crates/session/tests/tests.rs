@@ -1,0 +1,1 @@
+//! Integration tests of authkeeper-session (one binary; modules below).
