@@ -69,6 +69,9 @@ pub enum Command {
     Login(crate::commands::login::LoginArgs),
     /// Revoke a credential's tokens at the provider and delete them.
     Logout(crate::commands::logout::LogoutArgs),
+    /// Browser sessions: list, import/export storage states, log in, lease, release, retire.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Tools for testing authkeeper itself.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -207,6 +210,131 @@ pub enum KeysCommand {
         /// The client's name.
         name: String,
     },
+}
+
+/// The format of a storage-state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateFormat {
+    /// Decide by content: JSON is a Playwright storageState, anything else a cookies.txt.
+    Auto,
+    /// Playwright `storageState` JSON.
+    Playwright,
+    /// Netscape `cookies.txt` (cookies only).
+    CookiesTxt,
+}
+
+/// `authkeeper sessions`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions (metadata only, never a cookie).
+    List {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a storage state (Playwright JSON or cookies.txt) as an account's session.
+    Import {
+        /// The site.
+        site: String,
+        /// The account.
+        account: String,
+        /// The file (`-` or nothing: stdin).
+        file: Option<std::path::PathBuf>,
+        /// The file's format.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: StateFormat,
+    },
+    /// Write a session's storage state (by session id or account) to stdout or a file (0600).
+    Export {
+        /// The site.
+        site: String,
+        /// A session id (`alice.0`) or an account (its newest active session).
+        session: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "playwright")]
+        format: StateFormat,
+        /// Write here (mode 0600) instead of stdout.
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Log an account in now (recipe or login command) and store its session.
+    Login {
+        /// The site.
+        site: String,
+        /// The account.
+        account: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lease a session: prints the lease (with `--json`, the storage state too).
+    Lease {
+        /// The site.
+        site: String,
+        /// Only sessions of this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Lease length.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Who holds it (shown in `sessions list`).
+        #[arg(long, default_value = "cli")]
+        holder: String,
+        /// Also write the storage state here (mode 0600).
+        #[arg(long)]
+        state_out: Option<std::path::PathBuf>,
+        /// Print JSON (includes the storage state).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Renew a lease.
+    Heartbeat {
+        /// The lease id.
+        lease_id: String,
+        /// New lease length from now.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Return a lease with an outcome and, optionally, the updated storage state.
+    Release {
+        /// The lease id.
+        lease_id: String,
+        /// How the session did.
+        #[arg(long, value_enum, default_value = "ok")]
+        outcome: OutcomeArg,
+        /// The updated storage state (Playwright JSON).
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire a session: it is never leased again (its slot gets a fresh login).
+    Retire {
+        /// The site.
+        site: String,
+        /// The session id.
+        session: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "operator")]
+        reason: String,
+    },
+}
+
+/// A release outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutcomeArg {
+    /// The session worked.
+    Ok,
+    /// The site blocked the worker.
+    Blocked,
+    /// The site logged the session out.
+    LoggedOut,
+    /// Something else failed.
+    Error,
 }
 
 /// Hidden testing tools.

@@ -32,6 +32,9 @@ pub struct Config {
     /// Re-authentication notifications (`authkeeper serve`).
     #[serde(default)]
     pub notify: Option<authkeeper_server::notify::NotifyConfig>,
+    /// Browser-session sites by name (`authkeeper sessions`, session leases in `serve`).
+    #[serde(default)]
+    pub sites: BTreeMap<String, authkeeper_session::SiteConfig>,
 }
 
 /// The `[store]` table.

@@ -135,6 +135,23 @@ impl Context {
         Ok(Arc::new(store))
     }
 
+    /// The browser-session pool over `store`, when `[sites.*]` are configured.
+    pub fn session_pool(
+        &self,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Option<Arc<authkeeper_session::SessionPool>>> {
+        if self.config.sites.is_empty() {
+            return Ok(None);
+        }
+        let pool = authkeeper_session::SessionPool::new(
+            store,
+            SystemClock::shared(),
+            self.config.sites.clone(),
+        )
+        .context("invalid [sites] configuration")?;
+        Ok(Some(Arc::new(pool)))
+    }
+
     /// Builds a Keeper over `store` for the named credentials (all configured ones when
     /// `names` is empty).
     pub fn keeper(

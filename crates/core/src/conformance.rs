@@ -24,7 +24,8 @@ use serde_json::{Map, Value, json};
 
 use crate::clock::Timestamp;
 use crate::store::{
-    CredentialState, CredentialStatus, Lease, LeaseAttempt, Store, StoreError, WriteOutcome,
+    CredentialState, CredentialStatus, Lease, LeaseAttempt, Store, StoreError, StoredSession,
+    WriteOutcome,
 };
 use crate::token::TokenSet;
 
@@ -831,6 +832,416 @@ pub async fn in_flight_marker_survives_an_abandoned_lease(store: SharedStore) {
     ok(store.release_lease(third).await, "release_lease");
 }
 
+/// A session document like the ones `authkeeper-session` stores: a JSON object with a counter
+/// and a secret-looking cookie value.
+pub fn session_document(counter: u64, tag: &str) -> Vec<u8> {
+    json!({
+        "counter": counter,
+        "storage_state": {
+            "cookies": [{
+                "name": "sid",
+                "value": format!("cookie-{tag}-secret"),
+                "domain": ".example.com",
+                "path": "/",
+                "expires": -1,
+                "httpOnly": true,
+                "secure": true,
+                "sameSite": "Lax"
+            }],
+            "origins": []
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn session_counter(session: &StoredSession) -> u64 {
+    let document: Value = serde_json::from_slice(&session.data).unwrap_or_else(|e| {
+        panic!(
+            "session {}/{} does not hold the JSON that was written: {e}",
+            session.site, session.id
+        )
+    });
+    document
+        .get("counter")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("session {}/{} lost its counter", session.site, session.id))
+}
+
+async fn load_session_or_panic(store: &SharedStore, site: &str, id: &str) -> StoredSession {
+    ok(store.load_session(site, id).await, "load_session")
+        .unwrap_or_else(|| panic!("session {site}/{id} is missing"))
+}
+
+/// Session records: created with expected version 0 as version 1, every compare-and-put over the
+/// stored version bumps it, and a write over any other version (0 included, on an existing
+/// record) is refused with `None` and changes nothing.
+pub async fn sessions_compare_and_put_checks_version(store: SharedStore) {
+    assert!(
+        ok(store.load_session("shop", "s1").await, "load_session").is_none(),
+        "a session nobody wrote was found"
+    );
+    let first = session_document(1, "first");
+    assert_eq!(
+        ok(
+            store.compare_and_put_session("shop", "s1", 0, &first).await,
+            "compare_and_put_session"
+        ),
+        Some(1),
+        "creating a session (expected version 0) must give version 1"
+    );
+    let loaded = load_session_or_panic(&store, "shop", "s1").await;
+    assert_eq!(
+        (loaded.site.as_str(), loaded.id.as_str(), loaded.version),
+        ("shop", "s1", 1)
+    );
+    assert_eq!(
+        &loaded.data[..],
+        &first[..],
+        "the document did not round-trip"
+    );
+    assert!(
+        !format!("{loaded:?}").contains("cookie-first-secret"),
+        "Debug of a session shows its document"
+    );
+
+    let second = session_document(2, "second");
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("shop", "s1", 1, &second)
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(2),
+        "a write over the stored version must bump it"
+    );
+    for (expected, what) in [(1, "a stale version"), (7, "a future version"), (0, "0")] {
+        assert_eq!(
+            ok(
+                store
+                    .compare_and_put_session("shop", "s1", expected, &session_document(99, "lost"))
+                    .await,
+                "compare_and_put_session"
+            ),
+            None,
+            "a write over {what} (stored: 2) was accepted"
+        );
+        let loaded = load_session_or_panic(&store, "shop", "s1").await;
+        assert_eq!(loaded.version, 2, "a refused write moved the version");
+        assert_eq!(
+            &loaded.data[..],
+            &second[..],
+            "a refused write changed the document"
+        );
+    }
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("shop", "ghost", 3, b"{}")
+                .await,
+            "compare_and_put_session"
+        ),
+        None,
+        "a write over version 3 of a missing session was accepted"
+    );
+    assert!(
+        ok(store.load_session("shop", "ghost").await, "load_session").is_none(),
+        "a refused write created a session"
+    );
+    // An empty document is a document.
+    assert_eq!(
+        ok(
+            store.compare_and_put_session("shop", "empty", 0, b"").await,
+            "compare_and_put_session"
+        ),
+        Some(1)
+    );
+    assert!(
+        load_session_or_panic(&store, "shop", "empty")
+            .await
+            .data
+            .is_empty()
+    );
+}
+
+/// Twenty tasks each read a session, increment the counter in its JSON and compare-and-put it,
+/// retrying until their write lands: the counter ends at 20 (no lost update) and the version
+/// moved once per successful write.
+pub async fn sessions_concurrent_updates_lose_nothing(store: SharedStore) {
+    const TASKS: u64 = 20;
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("race", "shared", 0, &session_document(0, "race"))
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(1)
+    );
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        let conflicts = Arc::clone(&conflicts);
+        tasks.push(tokio::spawn(async move {
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                assert!(attempts < 10_000, "task {task} never got its write in");
+                let current = load_session_or_panic(&store, "race", "shared").await;
+                let next = session_document(session_counter(&current) + 1, "race");
+                match ok(
+                    store
+                        .compare_and_put_session("race", "shared", current.version, &next)
+                        .await,
+                    "compare_and_put_session",
+                ) {
+                    Some(version) => {
+                        assert_eq!(
+                            version,
+                            current.version + 1,
+                            "a successful write must bump the version by one"
+                        );
+                        return;
+                    }
+                    None => {
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        if let Err(err) = task.await {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+    let last = load_session_or_panic(&store, "race", "shared").await;
+    assert_eq!(
+        session_counter(&last),
+        TASKS,
+        "lost updates: {} increments landed out of {TASKS} ({} conflicts retried)",
+        session_counter(&last),
+        conflicts.load(Ordering::Relaxed)
+    );
+    assert_eq!(last.version, TASKS + 1);
+}
+
+/// `list_sessions` gives exactly the records of one site, unsealed; `list_session_sites` the
+/// sites that have records. A site is its own namespace: the same id in two sites are two
+/// records, and a record is never found under another site. Sessions are not credentials or
+/// checkpoints of the same name.
+pub async fn sessions_are_listed_per_site(store: SharedStore) {
+    assert!(ok(store.list_session_sites().await, "list_session_sites").is_empty());
+    assert!(ok(store.list_sessions("a").await, "list_sessions").is_empty());
+    for (site, id) in [("a", "one"), ("a", "two"), ("b", "one")] {
+        let document = session_document(0, &format!("{site}-{id}"));
+        assert_eq!(
+            ok(
+                store.compare_and_put_session(site, id, 0, &document).await,
+                "compare_and_put_session"
+            ),
+            Some(1)
+        );
+    }
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("a", "two", 1, &session_document(1, "a-two"))
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(2)
+    );
+    let mut listed = ok(store.list_sessions("a").await, "list_sessions");
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    let seen: Vec<(&str, &str, u64)> = listed
+        .iter()
+        .map(|s| (s.site.as_str(), s.id.as_str(), s.version))
+        .collect();
+    assert_eq!(seen, [("a", "one", 1), ("a", "two", 2)]);
+    assert_eq!(&listed[0].data[..], &session_document(0, "a-one")[..]);
+    assert_eq!(&listed[1].data[..], &session_document(1, "a-two")[..]);
+    let listed = ok(store.list_sessions("b").await, "list_sessions");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].site.as_str(), listed[0].id.as_str()),
+        ("b", "one")
+    );
+    assert_eq!(&listed[0].data[..], &session_document(0, "b-one")[..]);
+    assert!(ok(store.list_sessions("c").await, "list_sessions").is_empty());
+    let mut sites = ok(store.list_session_sites().await, "list_session_sites");
+    sites.sort();
+    assert_eq!(sites, ["a", "b"]);
+
+    // A record of one site is not another site's.
+    assert!(
+        ok(store.load_session("b", "two").await, "load_session").is_none(),
+        "a/two was found as b/two"
+    );
+    let b_one = load_session_or_panic(&store, "b", "one").await;
+    assert_eq!(&b_one.data[..], &session_document(0, "b-one")[..]);
+
+    // Other record kinds of the same names are independent.
+    ok(store.put("a", &sample_tokens("a", T0), T0).await, "put");
+    ok(store.put_checkpoint("a", b"{}", T0).await, "put_checkpoint");
+    assert!(ok(store.delete("a").await, "delete"));
+    assert!(ok(store.delete_checkpoint("a").await, "delete_checkpoint"));
+    assert_eq!(
+        ok(store.list_sessions("a").await, "list_sessions").len(),
+        2,
+        "deleting a credential or checkpoint touched the sessions of the same name"
+    );
+    assert!(
+        ok(store.list().await, "list").is_empty(),
+        "a session is listed as a credential"
+    );
+
+    // A site whose last record is deleted is no longer listed.
+    assert!(ok(
+        store.delete_session("b", "one", 0).await,
+        "delete_session"
+    ));
+    let sites = ok(store.list_session_sites().await, "list_session_sites");
+    assert_eq!(sites, ["a"], "a site without records is still listed");
+    assert!(ok(store.list_sessions("b").await, "list_sessions").is_empty());
+}
+
+/// `delete_session` deletes only over the stored version (any version with 0) and says whether
+/// it deleted something.
+pub async fn sessions_delete_checks_version(store: SharedStore) {
+    let document = session_document(0, "del");
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("del", "s", 0, &document)
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("del", "s", 1, &document)
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(2)
+    );
+    for wrong in [1, 3] {
+        assert!(
+            !ok(
+                store.delete_session("del", "s", wrong).await,
+                "delete_session"
+            ),
+            "a delete over version {wrong} (stored: 2) reported a deletion"
+        );
+        let kept = load_session_or_panic(&store, "del", "s").await;
+        assert_eq!(
+            (kept.version, &kept.data[..]),
+            (2, &document[..]),
+            "a refused delete changed the record"
+        );
+    }
+    assert!(ok(
+        store.delete_session("del", "s", 2).await,
+        "delete_session"
+    ));
+    assert!(ok(store.load_session("del", "s").await, "load_session").is_none());
+    assert!(
+        !ok(store.delete_session("del", "s", 0).await, "delete_session"),
+        "deleting a missing session reported a deletion"
+    );
+    // Re-created after a delete, it starts again at version 1.
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("del", "s", 0, &document)
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session("del", "s", 1, &document)
+                .await,
+            "compare_and_put_session"
+        ),
+        Some(2)
+    );
+    assert!(
+        ok(store.delete_session("del", "s", 0).await, "delete_session"),
+        "a delete with version 0 must delete whatever version is stored"
+    );
+    assert!(ok(store.load_session("del", "s").await, "load_session").is_none());
+    assert!(ok(store.list_sessions("del").await, "list_sessions").is_empty());
+}
+
+/// Every session operation refuses a site or id outside `[A-Za-z0-9._-]{1,128}`.
+pub async fn sessions_reject_invalid_names(store: SharedStore) {
+    let long = "x".repeat(129);
+    for bad in [
+        "",
+        "a/b",
+        "../etc",
+        "with space",
+        "nul\0",
+        "é",
+        "a:b",
+        "{x}",
+        long.as_str(),
+    ] {
+        let invalid = |result: Result<(), StoreError>, op: &str| match result {
+            Err(StoreError::InvalidName(_)) => {}
+            other => panic!("{op} with {bad:?} gave {other:?}, expected InvalidName"),
+        };
+        invalid(store.list_sessions(bad).await.map(|_| ()), "list_sessions");
+        for (site, id) in [(bad, "ok"), ("ok", bad)] {
+            invalid(
+                store.load_session(site, id).await.map(|_| ()),
+                "load_session",
+            );
+            invalid(
+                store
+                    .compare_and_put_session(site, id, 0, b"{}")
+                    .await
+                    .map(|_| ()),
+                "compare_and_put_session",
+            );
+            invalid(
+                store.delete_session(site, id, 0).await.map(|_| ()),
+                "delete_session",
+            );
+        }
+    }
+    assert!(
+        ok(store.list_session_sites().await, "list_session_sites").is_empty(),
+        "an invalid name created a site"
+    );
+    let longest = "y".repeat(128);
+    assert_eq!(
+        ok(
+            store
+                .compare_and_put_session(&longest, "A.b_c-9", 0, b"{}")
+                .await,
+            "compare_and_put_session with a 128-character site"
+        ),
+        Some(1)
+    );
+    assert!(
+        ok(
+            store.load_session(&longest, "A.b_c-9").await,
+            "load_session"
+        )
+        .is_some()
+    );
+}
+
 /// Generates one `#[test]` per conformance check. `$make` is an async function returning a fresh,
 /// empty store and a guard kept alive until the test ends (e.g. its temporary directory).
 #[macro_export]
@@ -854,6 +1265,11 @@ macro_rules! store_conformance_tests {
             names_are_independent,
             checkpoints_round_trip,
             in_flight_marker_survives_an_abandoned_lease,
+            sessions_compare_and_put_checks_version,
+            sessions_concurrent_updates_lose_nothing,
+            sessions_are_listed_per_site,
+            sessions_delete_checks_version,
+            sessions_reject_invalid_names,
         );
     };
     (@tests $make:path; $($check:ident),* $(,)?) => {

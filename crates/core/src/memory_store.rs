@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::clock::Timestamp;
 use crate::store::{
     CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError, StoredCheckpoint,
-    StoredCredential, WriteOutcome, validate_name,
+    StoredCredential, StoredSession, WriteOutcome, validate_name,
 };
 use crate::token::TokenSet;
 
@@ -31,6 +31,8 @@ struct State {
     credentials: HashMap<String, StoredCredential>,
     leases: HashMap<String, LeaseRow>,
     checkpoints: HashMap<String, StoredCheckpoint>,
+    /// Session records by site, then id. A site without records has no entry.
+    sessions: HashMap<String, HashMap<String, StoredSession>>,
 }
 
 /// An in-memory store.
@@ -236,6 +238,93 @@ impl Store for MemoryStore {
         validate_name(task)?;
         Ok(self.state().checkpoints.remove(task).is_some())
     }
+
+    async fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
+        validate_name(site)?;
+        Ok(self
+            .state()
+            .sessions
+            .get(site)
+            .map(|records| records.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
+        let mut sites: Vec<String> = self.state().sessions.keys().cloned().collect();
+        sites.sort();
+        Ok(sites)
+    }
+
+    async fn load_session(
+        &self,
+        site: &str,
+        id: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        Ok(self
+            .state()
+            .sessions
+            .get(site)
+            .and_then(|records| records.get(id))
+            .cloned())
+    }
+
+    async fn compare_and_put_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let mut state = self.state();
+        let current = state
+            .sessions
+            .get(site)
+            .and_then(|records| records.get(id))
+            .map_or(0, |record| record.version);
+        if current != expected_version {
+            return Ok(None);
+        }
+        let version = current.saturating_add(1);
+        state.sessions.entry(site.to_owned()).or_default().insert(
+            id.to_owned(),
+            StoredSession {
+                site: site.to_owned(),
+                id: id.to_owned(),
+                data: zeroize::Zeroizing::new(data.to_vec()),
+                version,
+            },
+        );
+        Ok(Some(version))
+    }
+
+    async fn delete_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<bool, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let mut state = self.state();
+        let Some(records) = state.sessions.get_mut(site) else {
+            return Ok(false);
+        };
+        let matches = records
+            .get(id)
+            .is_some_and(|record| expected_version == 0 || record.version == expected_version);
+        if !matches {
+            return Ok(false);
+        }
+        records.remove(id);
+        if records.is_empty() {
+            state.sessions.remove(site);
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -268,4 +357,41 @@ mod tests {
             Err(StoreError::InvalidName(_))
         ));
     }
+
+    #[tokio::test]
+    async fn sessions_are_versioned_per_site() {
+        let store = MemoryStore::new();
+        assert_eq!(
+            store
+                .compare_and_put_session("shop", "s1", 0, b"{\"n\":1}")
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            store
+                .compare_and_put_session("shop", "s1", 0, b"{}")
+                .await
+                .unwrap(),
+            None
+        );
+        let loaded = store.load_session("shop", "s1").await.unwrap().unwrap();
+        assert_eq!((&loaded.data[..], loaded.version), (&b"{\"n\":1}"[..], 1));
+        assert!(!format!("{loaded:?}").contains("\"n\""));
+        assert!(store.load_session("mail", "s1").await.unwrap().is_none());
+        assert_eq!(store.list_session_sites().await.unwrap(), vec!["shop"]);
+        assert!(!store.delete_session("shop", "s1", 2).await.unwrap());
+        assert!(store.delete_session("shop", "s1", 1).await.unwrap());
+        assert!(store.list_session_sites().await.unwrap().is_empty());
+    }
+}
+
+/// The shared conformance suite, run on the in-memory store.
+#[cfg(all(test, feature = "conformance"))]
+mod conformance_tests {
+    async fn make() -> (super::MemoryStore, String) {
+        (super::MemoryStore::new(), String::new())
+    }
+
+    crate::store_conformance_tests!(make);
 }

@@ -2,7 +2,7 @@
 //! lease that makes a refresh happen exactly once.
 //!
 //! Every backend (embedded SQLite, Redis) implements this trait and must pass the conformance
-//! suite in [`crate::conformance`] (feature `conformance`).
+//! suite in `authkeeper_core::conformance` (feature `conformance`).
 
 use std::fmt;
 use std::time::Duration;
@@ -392,18 +392,28 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let _ = task;
         Err(checkpoints_unsupported())
     }
+
     /// Lists the session records of `site` (unsealed), in no particular order.
+    ///
+    /// Fails with [`StoreError::InvalidName`] for an invalid site, and with
+    /// [`StoreError::Decrypt`] when any record of the site cannot be unsealed (the whole listing
+    /// fails rather than silently hiding a record). The default says the backend does not support
+    /// sessions; every backend of this workspace does.
     async fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
         let _ = site;
         Err(sessions_unsupported())
     }
 
-    /// Lists the sites that have at least one session record.
+    /// Lists the sites that have at least one session record (sorted in the backends of this
+    /// workspace). Unseals nothing.
     async fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
         Err(sessions_unsupported())
     }
 
-    /// Loads one session record, or `None`.
+    /// Loads one session record, or `None` when `site`/`id` has none. The record is bound to its
+    /// site and id by the associated data of its seal: a sealed value moved to another record
+    /// fails with [`StoreError::Decrypt`] instead of opening. Both names follow
+    /// [`validate_name`] ([`StoreError::InvalidName`] otherwise), as in every session method.
     async fn load_session(
         &self,
         site: &str,
@@ -415,7 +425,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Writes the session record `site`/`id` only if its stored version is `expected_version`
     /// (0: it must not exist yet). Returns the new version, or `None` when the version moved (the
-    /// caller lost a race and should re-read). The write is durable when this returns.
+    /// caller lost a race and should re-read). The write is durable when this returns, and
+    /// atomic with the version check across every process and replica sharing the store: of
+    /// concurrent writers over the same version, exactly one gets `Some`. A refused write
+    /// changes nothing.
     async fn compare_and_put_session(
         &self,
         site: &str,
@@ -428,7 +441,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Deletes the session record `site`/`id` if its stored version is `expected_version`
-    /// (0: whatever it is). Returns whether a record was deleted.
+    /// (0: whatever it is). Returns whether a record was deleted: `false` when there is none or
+    /// its version moved (the record is then left as it is).
     async fn delete_session(
         &self,
         site: &str,

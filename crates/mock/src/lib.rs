@@ -19,6 +19,9 @@
 //! Time comes from an injectable [`authkeeper_core::clock::Clock`], shifted by the
 //! `clock_offset_ms` knob, so tests expire tokens with a `ManualClock` instead of sleeping.
 //! Token and secret values are never logged.
+//!
+//! [`login_app::LoginApp`] is a separate server: a cookie-session web app with an HTML login
+//! form, CSRF, idle/absolute session timeouts and a refresh endpoint, for browser-session tests.
 
 #![warn(missing_docs)]
 
@@ -28,6 +31,7 @@ mod config;
 mod discovery;
 mod error;
 mod login;
+pub mod login_app;
 mod state;
 mod token_endpoint;
 mod tokens;
@@ -44,6 +48,7 @@ pub use crate::api::ADMIN_SCOPE;
 pub use crate::config::{DeviceOutcome, ErrorStyle, Knobs, MockClient, MockConfig};
 pub use crate::discovery::document as discovery_document;
 pub use crate::error::MockError;
+pub use crate::login_app::{LoginApp, LoginAppConfig, LoginAppStats};
 pub use crate::state::{GrantInfo, IdpState, Stats};
 
 /// How long [`MockIdp::shutdown`] waits for open connections before aborting the server.

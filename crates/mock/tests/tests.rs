@@ -11,6 +11,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 
+mod login_app;
+
 const ID: &str = MockClient::DEFAULT_ID;
 const SECRET: &str = MockClient::DEFAULT_SECRET;
 

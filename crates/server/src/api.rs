@@ -465,6 +465,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             .metrics()
             .update_credentials(&summaries, keeper, keeper.clock().now());
     }
+    if let Some(pool) = state.sessions()
+        && let Ok(Ok(sessions)) = tokio::time::timeout(STORE_PROBE_TIMEOUT, pool.list(None)).await
+    {
+        state.metrics().update_sessions(pool.counters(), &sessions);
+    }
     match state.metrics().encode() {
         Ok(text) => (
             [(

@@ -16,6 +16,7 @@ use crate::api;
 use crate::auth::ClientIdentity;
 use crate::checkpoints;
 use crate::problem::{Problem, ProblemType};
+use crate::sessions;
 use crate::state::AppState;
 
 /// The header carrying the request id (taken from the request when sane, else generated).
@@ -30,6 +31,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/checkpoints/{task}"),
     ("PUT", "/v1/checkpoints/{task}"),
     ("DELETE", "/v1/checkpoints/{task}"),
+    ("POST", "/v1/sessions/{site}/lease"),
+    ("GET", "/v1/sessions"),
+    ("POST", "/v1/leases/{lease_id}/heartbeat"),
+    ("POST", "/v1/leases/{lease_id}/release"),
     ("ANY", "/proxy/{name}"),
     ("ANY", "/proxy/{name}/{path}"),
     ("GET", "/healthz"),
@@ -63,7 +68,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_timeout,
         ));
+    // Session leases may run a browser login: bounded by the site's login timeout, not by the
+    // API request timeout.
     let mut protected = api
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{site}/lease", post(sessions::lease))
+        .route("/v1/leases/{lease_id}/heartbeat", post(sessions::heartbeat))
+        .route("/v1/leases/{lease_id}/release", post(sessions::release))
         .route("/proxy/{name}", any(proxy))
         .route("/proxy/{name}/", any(proxy))
         .route("/proxy/{name}/{*path}", any(proxy));

@@ -49,6 +49,7 @@ pub struct ClientIdentity {
     name: Arc<str>,
     credentials: Arc<Allowed>,
     checkpoints: Arc<Allowed>,
+    sites: Arc<Allowed>,
 }
 
 impl ClientIdentity {
@@ -62,6 +63,14 @@ impl ClientIdentity {
         match &*self.credentials {
             Allowed::All => true,
             Allowed::Only(names) => names.contains(credential),
+        }
+    }
+
+    /// Whether this client may lease sessions of browser-session `site` (`"*"` allows all).
+    pub fn may_use_site(&self, site: &str) -> bool {
+        match &*self.sites {
+            Allowed::All => true,
+            Allowed::Only(names) => names.contains(site),
         }
     }
 
@@ -132,12 +141,18 @@ impl ClientKeys {
             } else {
                 Allowed::Only(config.checkpoints.iter().cloned().collect())
             };
+            let sites = if config.sites.iter().any(|c| c == "*") {
+                Allowed::All
+            } else {
+                Allowed::Only(config.sites.iter().cloned().collect())
+            };
             clients.push(Client {
                 hash,
                 identity: ClientIdentity {
                     name: Arc::from(config.name.as_str()),
                     credentials: Arc::new(credentials),
                     checkpoints: Arc::new(checkpoints),
+                    sites: Arc::new(sites),
                 },
             });
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authkeeper_core::{CredentialConfig, Keeper};
+use authkeeper_session::SessionPool;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -75,6 +76,11 @@ pub struct BrokerConfig {
     /// An extra `/readyz` check, e.g. the shared store's health (none: the store answering a
     /// listing is enough).
     pub readiness_probe: Option<Arc<dyn ReadinessProbe>>,
+    /// The browser-session pool (none: the session routes answer 403).
+    pub sessions: Option<Arc<SessionPool>>,
+    /// How often the session janitor runs (reclaim expired leases, probes, cookie refresh);
+    /// `None`: never (tests drive it by hand).
+    pub session_maintenance: Option<Duration>,
 }
 
 /// The upstreams of every credential with an `upstream` URL.
@@ -159,7 +165,12 @@ impl Broker {
             config.upstreams,
             metrics,
         )?
-        .with_readiness_probe(config.readiness_probe);
+        .with_readiness_probe(config.readiness_probe)
+        .with_sessions(config.sessions.clone());
+        let janitor = match (&config.sessions, config.session_maintenance) {
+            (Some(pool), Some(every)) => Some(pool.clone().spawn_maintenance(every)),
+            _ => None,
+        };
         let warm_state = state.clone();
         let warm_up = tokio::spawn(async move {
             let failures = warm_state.keeper().warm_up().await;
@@ -185,6 +196,9 @@ impl Broker {
             warm_up.abort();
             if let Some(heartbeat) = heartbeat {
                 heartbeat.abort();
+            }
+            if let Some(janitor) = janitor {
+                janitor.abort();
             }
             keeper.shutdown().await;
             tracing::info!("broker stopped");

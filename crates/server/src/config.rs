@@ -133,7 +133,7 @@ pub struct ClientConfig {
     /// Credentials this client may use; `"*"` allows every credential.
     #[serde(default)]
     pub credentials: Vec<String>,
-    /// Browser-session sites this client may lease (reserved for sessions).
+    /// Browser-session sites this client may lease sessions of; `"*"` allows every site.
     #[serde(default)]
     pub sites: Vec<String>,
     /// Checkpoint tasks this client may read and write besides its own (a client may always use

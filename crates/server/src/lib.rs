@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod problem;
 pub mod proxy;
+mod sessions;
 pub mod state;
 
 pub use app::router;

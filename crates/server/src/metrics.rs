@@ -50,6 +50,17 @@ struct StatusLabels {
     status: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteStateLabels {
+    site: String,
+    state: String,
+}
+
 /// The broker's metrics. Cheap to share (`Arc<Metrics>`); safe for concurrent use.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +75,8 @@ pub struct Metrics {
     lost_in_crash: Family<CredentialLabel, Counter>,
     writes_fenced: Family<CredentialLabel, Counter>,
     lease_takeovers: Family<CredentialLabel, Counter>,
+    session_events: Family<EventLabel, Counter>,
+    sessions: Family<SiteStateLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -148,7 +161,21 @@ impl Metrics {
             "Refresh leases taken over from a holder that never released them (crashed or hung)",
             lease_takeovers.clone(),
         );
+        let session_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "session_events",
+            "Browser-session pool events: lease, exhausted, release_ok, release_blocked, release_logged_out, release_error, login_ok, login_failed, probe_logged_in, probe_logged_out, reclaimed, retired, cookie_refresh",
+            session_events.clone(),
+        );
+        let sessions = Family::<SiteStateLabels, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Stored browser sessions by site and state (active, needs_login, retired, leased)",
+            sessions.clone(),
+        );
         Metrics {
+            session_events,
+            sessions,
             lost_in_crash,
             writes_fenced,
             lease_takeovers,
@@ -206,6 +233,62 @@ impl Metrics {
                     })
                     .set(i64::from(circuit.code()));
             }
+        }
+    }
+
+    /// Brings the session metrics up to date with the pool's counters and `sessions` (called at
+    /// every scrape).
+    pub fn update_sessions(
+        &self,
+        counters: &authkeeper_session::pool::PoolCounters,
+        sessions: &[authkeeper_session::SessionSummary],
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let events = [
+            ("lease", &counters.leases),
+            ("exhausted", &counters.exhausted),
+            ("release_ok", &counters.releases[0]),
+            ("release_blocked", &counters.releases[1]),
+            ("release_logged_out", &counters.releases[2]),
+            ("release_error", &counters.releases[3]),
+            ("login_ok", &counters.logins_ok),
+            ("login_failed", &counters.logins_failed),
+            ("probe_logged_in", &counters.probes_logged_in),
+            ("probe_logged_out", &counters.probes_logged_out),
+            ("reclaimed", &counters.reclaimed),
+            ("retired", &counters.retired),
+            ("cookie_refresh", &counters.cookie_refreshes),
+        ];
+        for (event, value) in events {
+            let counter = self.session_events.get_or_create(&EventLabel {
+                event: event.to_owned(),
+            });
+            let total = value.load(Relaxed);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+        let mut by_state: std::collections::HashMap<(String, &'static str), i64> =
+            std::collections::HashMap::new();
+        for session in sessions {
+            *by_state
+                .entry((session.site.clone(), session.state.as_str()))
+                .or_default() += 1;
+            if session.leased_by.is_some() {
+                *by_state
+                    .entry((session.site.clone(), "leased"))
+                    .or_default() += 1;
+            }
+        }
+        self.sessions.clear();
+        for ((site, state), count) in by_state {
+            self.sessions
+                .get_or_create(&SiteStateLabels {
+                    site,
+                    state: state.to_owned(),
+                })
+                .set(count);
         }
     }
 

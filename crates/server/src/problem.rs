@@ -60,11 +60,19 @@ pub enum ProblemType {
     NotImplemented,
     /// An unexpected internal failure (500).
     Internal,
+    /// Every session of the site is leased (503 + `Retry-After`).
+    NoSessionAvailable,
+    /// The session lease expired and was reclaimed, or was released: lease again (409).
+    LeaseLost,
+    /// The lease id is malformed or names no session (404).
+    UnknownLease,
+    /// A browser login for the site failed (502; 503 + `Retry-After` when transient).
+    LoginFailed,
 }
 
 impl ProblemType {
     /// Every problem type, for documentation and tests.
-    pub const ALL: [ProblemType; 19] = [
+    pub const ALL: [ProblemType; 23] = [
         ProblemType::NeedsReauth,
         ProblemType::UnknownCredential,
         ProblemType::Forbidden,
@@ -84,6 +92,10 @@ impl ProblemType {
         ProblemType::Timeout,
         ProblemType::NotImplemented,
         ProblemType::Internal,
+        ProblemType::NoSessionAvailable,
+        ProblemType::LeaseLost,
+        ProblemType::UnknownLease,
+        ProblemType::LoginFailed,
     ];
 
     /// The short kebab-case slug, the last segment of the URN.
@@ -108,6 +120,10 @@ impl ProblemType {
             ProblemType::Timeout => "timeout",
             ProblemType::NotImplemented => "not-implemented",
             ProblemType::Internal => "internal",
+            ProblemType::NoSessionAvailable => "no-session-available",
+            ProblemType::LeaseLost => "lease-lost",
+            ProblemType::UnknownLease => "unknown-lease",
+            ProblemType::LoginFailed => "login-failed",
         }
     }
 
@@ -138,6 +154,10 @@ impl ProblemType {
             ProblemType::Timeout => "Request timed out",
             ProblemType::NotImplemented => "Not implemented",
             ProblemType::Internal => "Internal error",
+            ProblemType::NoSessionAvailable => "No session available",
+            ProblemType::LeaseLost => "Lease lost",
+            ProblemType::UnknownLease => "Unknown lease",
+            ProblemType::LoginFailed => "Login failed",
         }
     }
 
@@ -162,6 +182,10 @@ impl ProblemType {
             ProblemType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemType::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ProblemType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProblemType::NoSessionAvailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemType::LeaseLost => StatusCode::CONFLICT,
+            ProblemType::UnknownLease => StatusCode::NOT_FOUND,
+            ProblemType::LoginFailed => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use authkeeper_core::Keeper;
+use authkeeper_session::SessionPool;
 
 use crate::auth::{ClientKeyError, ClientKeys};
 use crate::config::{ClientConfig, ServerConfig};
@@ -85,6 +86,7 @@ struct Inner {
     config: ServerConfig,
     readiness: Readiness,
     probe: Option<Arc<dyn ReadinessProbe>>,
+    sessions: Option<Arc<SessionPool>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -128,6 +130,7 @@ impl AppState {
                 config,
                 readiness: Readiness::default(),
                 probe: None,
+                sessions: None,
             }),
         })
     }
@@ -173,6 +176,19 @@ impl AppState {
             inner.probe = probe;
         }
         self
+    }
+
+    /// Adds the browser-session pool (call before the state is shared).
+    pub fn with_sessions(mut self, sessions: Option<Arc<SessionPool>>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.sessions = sessions;
+        }
+        self
+    }
+
+    /// The browser-session pool, when sites are configured.
+    pub fn sessions(&self) -> Option<&Arc<SessionPool>> {
+        self.inner.sessions.as_ref()
     }
 
     /// The extra readiness check, if any.

@@ -52,8 +52,9 @@ pub struct Session {
     pub site: String,
     /// The account it is logged in as.
     pub account: String,
-    /// The proxy identity it was created with (a secret reference's resolved value is not stored:
-    /// this is the account's configured reference, e.g. `env:PROXY_A`), handed out with it.
+    /// The proxy URL it was created with (resolved from the account's reference; may hold
+    /// credentials: sealed at rest, never logged). Every lease hands it out with the session:
+    /// the site keeps seeing one identity.
     #[serde(default)]
     pub proxy: Option<String>,
     /// Cookies and localStorage.
@@ -72,6 +73,9 @@ pub struct Session {
     /// When a probe last confirmed it logged in.
     #[serde(default)]
     pub last_checked_at: Option<Timestamp>,
+    /// When a cookie refresh last extended it.
+    #[serde(default)]
+    pub last_refreshed_at: Option<Timestamp>,
     /// How many leases it has served.
     #[serde(default)]
     pub usage_count: u32,
@@ -150,11 +154,32 @@ pub struct SessionLease {
     /// The account.
     pub account: String,
     /// The proxy identity the session must be used with (resolved URL), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
     /// Cookies and localStorage to load into the browser (or to compute a `Cookie` header from).
     pub storage_state: StorageState,
-    /// When the lease ends unless renewed.
+    /// When the lease ends unless renewed (RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339::one")]
     pub lease_expires_at: Timestamp,
+}
+
+/// Serializes timestamps as RFC 3339 strings, like every other time in the broker's API.
+pub(crate) mod rfc3339 {
+    use authkeeper_core::Timestamp;
+    use serde::Serializer;
+
+    /// One timestamp.
+    pub fn one<S: Serializer>(at: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339())
+    }
+
+    /// An optional timestamp (`null` when absent).
+    pub fn option<S: Serializer>(at: &Option<Timestamp>, serializer: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serializer.serialize_str(&at.to_rfc3339()),
+            None => serializer.serialize_none(),
+        }
+    }
 }
 
 impl fmt::Debug for SessionLease {

@@ -45,6 +45,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 3: the generation a lease holder is refreshing from (`Store::mark_in_flight`).
     "ALTER TABLE leases ADD COLUMN in_flight INTEGER;",
+    // 4: browser session records (sealed documents, kind "session", name "SITE/ID").
+    "CREATE TABLE sessions (
+        site TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version > 0),
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (site, id)
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.

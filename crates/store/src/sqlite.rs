@@ -2,7 +2,8 @@
 //! process on the machine.
 //!
 //! Secrets live only in sealed blobs (see [`crate::seal`]); names, generations, expiry and status
-//! are plaintext columns. The refresh lease combines an OS lock per credential (released by the
+//! are plaintext columns. Checkpoints and browser-session records (table `sessions`: site, id,
+//! version, sealed document with kind `session` and name `SITE/ID`) are sealed the same way. The refresh lease combines an OS lock per credential (released by the
 //! kernel when its holder dies, see [`crate::lock`]) with a lease row carrying a monotonic fence
 //! that conditional writes check. Every database call runs on the blocking pool, and no
 //! transaction is ever held across an `await`.
@@ -22,7 +23,9 @@ use rusqlite::{
 };
 use zeroize::Zeroizing;
 
-use authkeeper_core::store::{CHECKPOINT_KIND, StoredCheckpoint, validate_name};
+use authkeeper_core::store::{
+    CHECKPOINT_KIND, SESSION_KIND, StoredCheckpoint, StoredSession, validate_name,
+};
 use authkeeper_core::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
     StoredCredential, Timestamp, TokenSet, WriteOutcome,
@@ -177,8 +180,8 @@ impl SqliteStore {
         self.inner.keyring().primary().id()
     }
 
-    /// Re-seals every stored value with `new_key` and returns how many credentials were
-    /// re-sealed. Crash-safe order when the store has a key file:
+    /// Re-seals every stored value (credentials, checkpoints, session records, the key check)
+    /// with `new_key` and returns how many credentials were re-sealed. Crash-safe order when the store has a key file:
     ///
     /// 1. the key file is replaced atomically by `new_key` followed by the old keys;
     /// 2. every row is re-sealed in one transaction;
@@ -242,6 +245,48 @@ fn reseal_checkpoints(tx: &Transaction<'_>, keyring: &Keyring) -> Result<(), Sto
         .map_err(sql_error)?;
     }
     Ok(())
+}
+
+/// The name a session record is sealed under (its associated data): `SITE/ID`. Sites and ids
+/// are validated names, which never contain `/`, so the pair is unambiguous.
+pub fn session_name(site: &str, id: &str) -> String {
+    format!("{site}/{id}")
+}
+
+/// Re-seals every session record with the primary key of `keyring` (part of a rekey).
+fn reseal_sessions(tx: &Transaction<'_>, keyring: &Keyring) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, Vec<u8>)> = {
+        let mut statement = tx
+            .prepare("SELECT site, id, sealed FROM sessions")
+            .map_err(sql_error)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(sql_error)?;
+        rows.collect::<Result<_, _>>().map_err(sql_error)?
+    };
+    for (site, id, sealed) in &rows {
+        let name = session_name(site, id);
+        let plaintext = keyring
+            .open(SESSION_KIND, &name, sealed)
+            .map_err(|e| e.into_store_error(SESSION_KIND, &name))?;
+        let resealed = keyring
+            .seal(SESSION_KIND, &name, &plaintext)
+            .map_err(|e| e.into_store_error(SESSION_KIND, &name))?;
+        tx.execute(
+            "UPDATE sessions SET sealed = ?3 WHERE site = ?1 AND id = ?2",
+            params![site, id, resealed],
+        )
+        .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+/// The version of a session row as a `u64`.
+fn session_version(name: &str, version: i64) -> Result<u64, StoreError> {
+    u64::try_from(version)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| StoreError::Corrupt(format!("session `{name}`: invalid version")))
 }
 
 /// Creates an empty store file with mode 0600 unless it exists (SQLite treats an empty file as
@@ -917,6 +962,132 @@ impl Inner {
         Ok(deleted > 0)
     }
 
+    fn load_session(&self, site: &str, id: &str) -> Result<Option<StoredSession>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT version, sealed FROM sessions WHERE site = ?1 AND id = ?2",
+                params![site, id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sql_error)?;
+        row.map(|(version, sealed)| {
+            self.open_session(site.to_owned(), id.to_owned(), version, &sealed)
+        })
+        .transpose()
+    }
+
+    /// Unseals one session row.
+    fn open_session(
+        &self,
+        site: String,
+        id: String,
+        version: i64,
+        sealed: &[u8],
+    ) -> Result<StoredSession, StoreError> {
+        let name = session_name(&site, &id);
+        let version = session_version(&name, version)?;
+        let data = self.unseal(SESSION_KIND, &name, sealed)?;
+        Ok(StoredSession {
+            site,
+            id,
+            data,
+            version,
+        })
+    }
+
+    fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
+        let rows: Vec<(String, i64, Vec<u8>)> = {
+            let conn = self.conn();
+            let mut statement = conn
+                .prepare("SELECT id, version, sealed FROM sessions WHERE site = ?1 ORDER BY id")
+                .map_err(sql_error)?;
+            let rows = statement
+                .query_map(params![site], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(sql_error)?;
+            rows.collect::<Result<_, _>>().map_err(sql_error)?
+        };
+        rows.into_iter()
+            .map(|(id, version, sealed)| self.open_session(site.to_owned(), id, version, &sealed))
+            .collect()
+    }
+
+    fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT DISTINCT site FROM sessions ORDER BY site")
+            .map_err(sql_error)?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(sql_error)?;
+        rows.collect::<Result<_, _>>().map_err(sql_error)
+    }
+
+    fn compare_and_put_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let name = session_name(site, id);
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM sessions WHERE site = ?1 AND id = ?2",
+                params![site, id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql_error)?;
+        let current = current
+            .map(|v| session_version(&name, v))
+            .transpose()?
+            .unwrap_or(0);
+        if current != expected_version {
+            // Dropping the transaction rolls it back: nothing was written.
+            return Ok(None);
+        }
+        let version = current
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("session `{name}`: version overflow")))?;
+        let keyring = self.sealing_keyring(&tx)?;
+        let sealed = keyring
+            .seal(SESSION_KIND, &name, data)
+            .map_err(|e| e.into_store_error(SESSION_KIND, &name))?;
+        tx.execute(
+            "INSERT INTO sessions (site, id, version, sealed) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(site, id) DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
+            params![site, id, to_i64(version), sealed],
+        )
+        .map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        Ok(Some(version))
+    }
+
+    fn delete_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<bool, StoreError> {
+        // One statement: the version check and the delete are atomic, and durable on return.
+        let deleted = self
+            .conn()
+            .execute(
+                "DELETE FROM sessions WHERE site = ?1 AND id = ?2 AND (?3 = 0 OR version = ?3)",
+                params![site, id, to_i64(expected_version)],
+            )
+            .map_err(sql_error)?;
+        Ok(deleted > 0)
+    }
+
     fn generation(&self, name: &str) -> Result<u64, StoreError> {
         let generation: Option<i64> = self
             .conn()
@@ -969,6 +1140,7 @@ impl Inner {
                 .map_err(sql_error)?;
             }
             reseal_checkpoints(&tx, &transitional)?;
+            reseal_sessions(&tx, &transitional)?;
             write_key_check(&tx, &transitional)?;
             tx.commit().map_err(sql_error)?;
             rows.len()
@@ -1088,6 +1260,58 @@ impl Store for SqliteStore {
         validate_name(task)?;
         let task = task.to_owned();
         self.run(move |inner| inner.delete_checkpoint(&task)).await
+    }
+
+    async fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
+        validate_name(site)?;
+        let site = site.to_owned();
+        self.run(move |inner| inner.list_sessions(&site)).await
+    }
+
+    async fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
+        self.run(Inner::list_session_sites).await
+    }
+
+    async fn load_session(
+        &self,
+        site: &str,
+        id: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let (site, id) = (site.to_owned(), id.to_owned());
+        self.run(move |inner| inner.load_session(&site, &id)).await
+    }
+
+    async fn compare_and_put_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let (site, id, data) = (
+            site.to_owned(),
+            id.to_owned(),
+            Zeroizing::new(data.to_vec()),
+        );
+        self.run(move |inner| inner.compare_and_put_session(&site, &id, expected_version, &data))
+            .await
+    }
+
+    async fn delete_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<bool, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let (site, id) = (site.to_owned(), id.to_owned());
+        self.run(move |inner| inner.delete_session(&site, &id, expected_version))
+            .await
     }
 
     async fn wait_for_change(&self, name: &str, seen_generation: u64, timeout: Duration) {

@@ -88,3 +88,67 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     text.push(suffix);
     PathBuf::from(text)
 }
+
+/// A realistic Playwright `storageState` document of about 2 KB: 10 cookies with random values
+/// (session ids, CSRF and analytics tokens) and localStorage for 2 origins. Every secret value
+/// starts with `PLANTED-SESSION-{marker}` so raw-storage checks can look for it.
+pub fn realistic_storage_state(marker: &str) -> Vec<u8> {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut random = |len: usize| -> String {
+        (0..len)
+            .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+            .collect()
+    };
+    // (name, random length, secret): secret values carry the planted marker.
+    let cookies: Vec<Value> = [
+        ("sessionid", 32, true),
+        ("csrftoken", 32, true),
+        ("remember_token", 32, true),
+        ("_ga", 20, false),
+        ("_gid", 20, false),
+        ("__cf_bm", 43, false),
+        ("auth_state", 16, true),
+        ("lang", 5, false),
+        ("consent", 10, false),
+        ("li_at", 40, true),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (name, len, secret))| {
+        let value = if *secret {
+            format!("PLANTED-SESSION-{marker}-{}", random(*len))
+        } else {
+            random(*len)
+        };
+        serde_json::json!({
+            "name": name,
+            "value": value,
+            "domain": if i % 3 == 0 { "www.example.com" } else { ".example.com" },
+            "path": "/",
+            "expires": 1_767_225_600 + i as i64 * 3600,
+            "httpOnly": secret,
+            "secure": true,
+            "sameSite": if i % 2 == 0 { "Lax" } else { "None" },
+        })
+    })
+    .collect();
+    let origins = serde_json::json!([
+        {
+            "origin": "https://www.example.com",
+            "localStorage": [
+                { "name": "user_prefs", "value": "{\"theme\":\"dark\",\"currency\":\"EUR\"}" },
+                { "name": "access_token", "value": format!("PLANTED-SESSION-{marker}-{}", random(32)) },
+            ]
+        },
+        {
+            "origin": "https://accounts.example.com",
+            "localStorage": [
+                { "name": "device_id", "value": random(36) },
+            ]
+        }
+    ]);
+    serde_json::to_vec(&serde_json::json!({ "cookies": cookies, "origins": origins }))
+        .expect("serialize")
+}

@@ -11,5 +11,8 @@ mod redis_conformance;
 #[cfg(feature = "redis")]
 mod redis_server;
 #[cfg(feature = "redis")]
+mod redis_sessions;
+#[cfg(feature = "redis")]
 mod redis_store;
 mod rekey;
+mod sessions;

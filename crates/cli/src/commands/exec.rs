@@ -147,6 +147,7 @@ fn private_broker(context: &Context, name: &str, task: &str, key: &NewKey) -> Br
         metrics: None,
         heartbeat: true,
         readiness_probe: None,
+        ..BrokerConfig::default()
     }
 }
 

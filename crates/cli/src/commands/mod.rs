@@ -10,6 +10,7 @@ pub mod logout;
 mod mock_idp;
 mod rekey;
 mod serve;
+mod sessions;
 mod status;
 mod token;
 
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys::run(command),
         Command::Login(args) => login::run(&cli.global, args).await,
         Command::Logout(args) => logout::run(&cli.global, args).await,
+        Command::Sessions(command) => sessions::run(&cli.global, command).await,
         Command::Debug(command) => debug::run(&cli.global, command).await,
     }
 }

@@ -54,6 +54,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         }
         OpenedStore::Sqlite(_) => (None, None),
     };
+    let sessions = context.session_pool(backend.shared())?;
+    let session_maintenance = sessions.as_ref().map(|_| maintenance_interval(&context));
     let config = BrokerConfig {
         server,
         clients: context.config.clients.clone(),
@@ -61,6 +63,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         metrics: Some(metrics),
         heartbeat: true,
         readiness_probe,
+        sessions,
+        session_maintenance,
     };
     let broker = Broker::start(keeper, config)
         .await
@@ -71,6 +75,26 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         propagation.abort();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the session janitor runs: often enough for the tightest probe or cookie-refresh
+/// interval, at most every 10 s (expired leases are reclaimed within that).
+fn maintenance_interval(context: &Context) -> std::time::Duration {
+    let tightest = context
+        .config
+        .sites
+        .values()
+        .flat_map(|site| {
+            let probe = site.probe.as_ref().map(|probe| probe.interval);
+            let refresh = site.refresh.as_ref().map(|refresh| refresh.interval);
+            probe.into_iter().chain(refresh)
+        })
+        .min()
+        .unwrap_or(std::time::Duration::from_secs(10));
+    (tightest / 2).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    )
 }
 
 /// The `[notify]` webhook, when configured: notified of credentials a human must log in again.

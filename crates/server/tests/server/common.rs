@@ -110,6 +110,7 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
             metrics: Some(metrics),
             heartbeat: true,
             readiness_probe: None,
+            ..BrokerConfig::default()
         },
     )
     .await

@@ -128,6 +128,7 @@ async fn start(hook_url: &str) -> (Fixture, String) {
             metrics: Some(metrics),
             heartbeat: true,
             readiness_probe: None,
+            ..BrokerConfig::default()
         },
     )
     .await

@@ -53,3 +53,8 @@ pub(crate) fn timed_out(url: &RedisUrl, what: &str, after: Duration) -> StoreErr
 pub(crate) fn corrupt(name: &str, what: &str) -> StoreError {
     StoreError::Corrupt(format!("credential `{name}` in Redis: {what}"))
 }
+
+/// A [`StoreError::Corrupt`] about session record `name` (`SITE/ID`).
+pub(crate) fn corrupt_session(name: &str, what: &str) -> StoreError {
+    StoreError::Corrupt(format!("session `{name}` in Redis: {what}"))
+}

@@ -5,12 +5,19 @@
 //!                             failures, reason, next_attempt_at
 //! {prefix}{cred:NAME}:lease   hash: fence (monotonic, survives delete), owner, expires_at
 //! {prefix}index               set of stored names (for `list`; its own slot)
+//! {prefix}{ckpt:TASK}         hash: version, sealed, updated_at (a task checkpoint)
+//! {prefix}{sess:SITE}:ID      hash: version, sealed (a browser session record)
+//! {prefix}{sess:SITE}         set of the ids of SITE's session records
+//! {prefix}session-sites       set of sites that had session records (its own slot)
 //! {prefix}key-check           a sealed constant proving every replica uses the same key
 //! {prefix}events              pub/sub channel: "NAME GENERATION" or "NAME released"
 //! ```
 //!
 //! The `{cred:NAME}` hash tag puts a credential's state and lease in one slot, so the scripts that
-//! check the fence and write the state run atomically on Redis Cluster too.
+//! check the fence and write the state run atomically on Redis Cluster too. Likewise the
+//! `{sess:SITE}` tag keeps a site's records and their index in one slot, so the session scripts
+//! check the version, write the record and maintain the index atomically. Names are validated
+//! (`[A-Za-z0-9._-]`), so no name can forge a `:`, `{` or `}` and collide with another key.
 
 use authkeeper_core::StoreError;
 
@@ -61,6 +68,21 @@ impl Keys {
         format!("{}{{ckpt:{task}}}", self.prefix)
     }
 
+    /// The hash of session record `site`/`id`.
+    pub(crate) fn session(&self, site: &str, id: &str) -> String {
+        format!("{}{{sess:{site}}}:{id}", self.prefix)
+    }
+
+    /// The set of the ids of `site`'s session records (same slot as the records).
+    pub(crate) fn session_index(&self, site: &str) -> String {
+        format!("{}{{sess:{site}}}", self.prefix)
+    }
+
+    /// The set of sites that had session records.
+    pub(crate) fn session_sites(&self) -> String {
+        format!("{}session-sites", self.prefix)
+    }
+
     pub(crate) fn index(&self) -> String {
         format!("{}index", self.prefix)
     }
@@ -84,6 +106,9 @@ mod tests {
         assert_eq!(keys.state("crm"), "authkeeper:{cred:crm}:state");
         assert_eq!(keys.lease("crm"), "authkeeper:{cred:crm}:lease");
         assert_eq!(keys.index(), "authkeeper:index");
+        assert_eq!(keys.session("shop", "s1"), "authkeeper:{sess:shop}:s1");
+        assert_eq!(keys.session_index("shop"), "authkeeper:{sess:shop}");
+        assert_eq!(keys.session_sites(), "authkeeper:session-sites");
         assert_eq!(keys.channel(), "authkeeper:events");
         assert!(Keys::new("").is_ok());
         for bad in ["a{b", "a}b", "with space", "é", &"x".repeat(65)] {

@@ -14,6 +14,9 @@
 //!   disagree with the Keeper's, and an expiring key would erase the evidence that a holder died
 //!   mid-refresh ([`Lease::took_over_abandoned`]). Replicas' clocks must agree within a small
 //!   fraction of the lease TTL (NTP); fencing keeps a skewed replica from writing anyway.
+//! - **Sessions**: one hash per browser-session record (`version`, `sealed`; kind `session`,
+//!   `SITE/ID` as associated data) and a set of ids per site, under the `{sess:SITE}` hash tag;
+//!   a compare-and-put or delete is one Lua script checking the version and maintaining the set.
 //! - **Propagation** ([`events`]): every write publishes `NAME GENERATION`; a background
 //!   subscriber wakes [`Store::wait_for_change`] waiters at once and feeds [`RedisStore::changes`].
 //!   While the subscription is down, waiters poll the generation.
@@ -47,14 +50,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use authkeeper_core::store::{CHECKPOINT_KIND, StoredCheckpoint, validate_name};
+use authkeeper_core::store::{
+    CHECKPOINT_KIND, SESSION_KIND, StoredCheckpoint, StoredSession, validate_name,
+};
 use authkeeper_core::{
     CredentialState, CredentialStatus, CredentialSummary, Lease, LeaseAttempt, Store, StoreError,
     StoredCredential, Timestamp, TokenSet, WriteOutcome,
 };
 
 use crate::seal::{KeyId, Keyring};
-use crate::sqlite::{CREDENTIAL_KIND, KEY_CHECK_KIND};
+use crate::sqlite::{CREDENTIAL_KIND, KEY_CHECK_KIND, session_name};
 
 pub use self::error::RedisFailure;
 pub use self::events::ChangeEvent;
@@ -307,6 +312,16 @@ impl RedisStore {
         self.inner.keys.lease(name)
     }
 
+    /// The Redis key holding session record `site`/`id` (for operators and tests).
+    pub fn session_key(&self, site: &str, id: &str) -> String {
+        self.inner.keys.session(site, id)
+    }
+
+    /// The Redis key holding the set of `site`'s session ids (for operators and tests).
+    pub fn session_index_key(&self, site: &str) -> String {
+        self.inner.keys.session_index(site)
+    }
+
     /// Every change published by any replica (and this one), in order, for keeping an
     /// in-memory cache fresh. On [`ChangeEvent::Resynced`] or a lag, reload what you hold.
     pub fn changes(&self) -> broadcast::Receiver<ChangeEvent> {
@@ -539,6 +554,58 @@ impl RedisStore {
                 "unexpected reply from the write script",
             )),
         }
+    }
+
+    /// Unseals a session record read as `(version, sealed)`; `None` when it does not exist.
+    fn open_session(
+        &self,
+        site: &str,
+        id: &str,
+        version: Option<String>,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let name = session_name(site, id);
+        let (version, sealed) = match (version, sealed) {
+            (None, _) => return Ok(None),
+            (Some(version), Some(sealed)) => (version, sealed),
+            (Some(_), None) => return Err(error::corrupt_session(&name, "no sealed document")),
+        };
+        let version = version
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| error::corrupt_session(&name, "version is not a positive number"))?;
+        let data = self
+            .inner
+            .keyring
+            .open(SESSION_KIND, &name, &sealed)
+            .map_err(|e| e.into_store_error(SESSION_KIND, &name))?;
+        Ok(Some(StoredSession {
+            site: site.to_owned(),
+            id: id.to_owned(),
+            data,
+            version,
+        }))
+    }
+
+    /// The members of set `key` that are valid names, sorted.
+    async fn valid_members(&self, what: &str, key: String) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let mut members: Vec<String> = self
+            .timed(
+                what,
+                ::redis::cmd("SMEMBERS").arg(key).query_async(&mut conn),
+            )
+            .await?;
+        members.retain(|member| match validate_name(member) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(redis = %self.inner.url, "ignoring an invalid name in a Redis session index");
+                false
+            }
+        });
+        members.sort();
+        Ok(members)
     }
 }
 
@@ -941,6 +1008,150 @@ impl Store for RedisStore {
                     .arg(self.inner.keys.checkpoint(task))
                     .query_async(&mut conn),
             )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn list_sessions(&self, site: &str) -> Result<Vec<StoredSession>, StoreError> {
+        validate_name(site)?;
+        let ids = self
+            .valid_members("listing sessions", self.inner.keys.session_index(site))
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.inner.keys.session(site, id))
+                .arg("version")
+                .arg("sealed");
+        }
+        let mut conn = self.conn();
+        let rows: Vec<(Option<String>, Option<Vec<u8>>)> = self
+            .timed("listing sessions", pipe.query_async(&mut conn))
+            .await?;
+        let mut sessions = Vec::with_capacity(ids.len());
+        for (id, (version, sealed)) in ids.iter().zip(rows) {
+            // Indexed but gone: deleted between the two calls.
+            if let Some(session) = self.open_session(site, id, version, sealed)? {
+                sessions.push(session);
+            }
+        }
+        Ok(sessions)
+    }
+
+    async fn list_session_sites(&self) -> Result<Vec<String>, StoreError> {
+        let sites = self
+            .valid_members("listing session sites", self.inner.keys.session_sites())
+            .await?;
+        if sites.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The sites set only grows (pruning it could race with a concurrent first write of the
+        // site); a site whose index is empty has no records and is not listed.
+        let mut pipe = ::redis::pipe();
+        for site in &sites {
+            pipe.cmd("SCARD").arg(self.inner.keys.session_index(site));
+        }
+        let mut conn = self.conn();
+        let counts: Vec<u64> = self
+            .timed("listing session sites", pipe.query_async(&mut conn))
+            .await?;
+        Ok(sites
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, count)| *count > 0)
+            .map(|(site, _)| site)
+            .collect())
+    }
+
+    async fn load_session(
+        &self,
+        site: &str,
+        id: &str,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let mut conn = self.conn();
+        let (version, sealed): (Option<String>, Option<Vec<u8>>) = self
+            .timed(
+                "loading a session",
+                ::redis::cmd("HMGET")
+                    .arg(self.inner.keys.session(site, id))
+                    .arg("version")
+                    .arg("sealed")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        self.open_session(site, id, version, sealed)
+    }
+
+    async fn compare_and_put_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+        data: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let name = session_name(site, id);
+        let sealed = self
+            .inner
+            .keyring
+            .seal(SESSION_KIND, &name, data)
+            .map_err(|e| e.into_store_error(SESSION_KIND, &name))?;
+        let mut conn = self.conn();
+        // The site first: a site with a record is always listed, even if this process dies
+        // between the two calls (a site without records is skipped by `list_session_sites`).
+        let _: i64 = self
+            .timed(
+                "indexing a session site",
+                ::redis::cmd("SADD")
+                    .arg(self.inner.keys.session_sites())
+                    .arg(site)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut call = self.inner.scripts.put_session.prepare_invoke();
+        call.key(self.inner.keys.session(site, id))
+            .key(self.inner.keys.session_index(site))
+            .arg(expected_version.to_string())
+            .arg(sealed.as_slice())
+            .arg(id);
+        let reply: Vec<String> = self
+            .timed("writing a session", call.invoke_async(&mut conn))
+            .await?;
+        match reply.as_slice() {
+            [written, version] if written == "1" => version
+                .parse()
+                .map(Some)
+                .map_err(|_| error::corrupt_session(&name, "version is not a number")),
+            [written, _] if written == "0" => Ok(None),
+            _ => Err(error::corrupt_session(
+                &name,
+                "unexpected reply from the session write script",
+            )),
+        }
+    }
+
+    async fn delete_session(
+        &self,
+        site: &str,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<bool, StoreError> {
+        validate_name(site)?;
+        validate_name(id)?;
+        let mut conn = self.conn();
+        let mut call = self.inner.scripts.delete_session.prepare_invoke();
+        call.key(self.inner.keys.session(site, id))
+            .key(self.inner.keys.session_index(site))
+            .arg(expected_version.to_string())
+            .arg(id);
+        let deleted: i64 = self
+            .timed("deleting a session", call.invoke_async(&mut conn))
             .await?;
         Ok(deleted == 1)
     }

@@ -1,5 +1,6 @@
 //! The Lua scripts that make each Redis store operation atomic. Each touches only one
-//! credential's keys (one cluster slot) and publishes what it changed on the events channel.
+//! credential's keys, or one site's session keys (one cluster slot); the credential scripts
+//! publish what they changed on the events channel.
 //!
 //! Scripts return arrays of strings so large integers (millisecond timestamps) never pass
 //! through Lua's floating-point numbers.
@@ -114,6 +115,34 @@ end
 return {held[2] or ''}
 "#;
 
+/// Writes a sealed session record over version ARGV[1] (`0`: it must not exist) and indexes it.
+///
+/// KEYS: record, site index (one slot). ARGV: expected version, sealed, id.
+/// Returns `{"1", new version}` or `{"0", current version}` when the version moved.
+const PUT_SESSION: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'version') or '0'
+if current ~= ARGV[1] then return {'0', current} end
+local version = tostring(redis.call('HINCRBY', KEYS[1], 'version', 1))
+redis.call('HSET', KEYS[1], 'sealed', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return {'1', version}
+"#;
+
+/// Deletes a session record if its version is ARGV[1] (`0`: any) and unindexes it.
+///
+/// KEYS: record, site index (one slot). ARGV: expected version, id. Returns 1 when deleted.
+const DELETE_SESSION: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 0
+end
+if ARGV[1] ~= '0' and current ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+"#;
+
 /// The compiled scripts (`EVALSHA`, loaded again automatically after a Redis restart).
 pub(crate) struct Scripts {
     pub(crate) write: Script,
@@ -123,6 +152,8 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     pub(crate) renew: Script,
     pub(crate) mark_in_flight: Script,
+    pub(crate) put_session: Script,
+    pub(crate) delete_session: Script,
 }
 
 impl Scripts {
@@ -135,6 +166,8 @@ impl Scripts {
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
             mark_in_flight: Script::new(MARK_IN_FLIGHT),
+            put_session: Script::new(PUT_SESSION),
+            delete_session: Script::new(DELETE_SESSION),
         }
     }
 }
