@@ -8,4 +8,5 @@ mod listeners;
 mod load;
 mod openapi;
 mod reauth;
+mod sessions;
 mod shutdown;

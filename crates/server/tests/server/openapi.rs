@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::common::{KEY_A, knobs, start};
 
-fn document() -> Value {
+pub fn document() -> Value {
     serde_json::from_str(authkeeper_server::api::OPENAPI).expect("docs/openapi.json is JSON")
 }
 
@@ -18,7 +18,7 @@ fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Asserts `body` has every required property and nothing undocumented.
-fn conforms(doc: &Value, name: &str, body: &Value) {
+pub fn conforms(doc: &Value, name: &str, body: &Value) {
     let schema = schema(doc, name);
     let keys: BTreeSet<&str> = body
         .as_object()
