@@ -14,4 +14,5 @@ mod oidc_smoke;
 mod redis_server;
 mod replicas;
 mod secrets;
+mod sessions;
 mod support;

@@ -361,6 +361,16 @@ impl ChromiumProcess {
         if self.profile.as_os_str().is_empty() {
             return;
         }
+        // Chromium keeps its singleton socket in a scratch directory of its own under the temp
+        // dir (`org.chromium.Chromium.*`), linked from the profile: a killed browser leaves it.
+        if let Ok(target) = std::fs::read_link(self.profile.join("SingletonSocket"))
+            && let Some(scratch) = target.parent()
+            && scratch
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("org.chromium.Chromium."))
+        {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
         // Chromium may still be writing when killed; a second try catches late files.
         if std::fs::remove_dir_all(&self.profile).is_err() {
             std::thread::sleep(Duration::from_millis(50));
