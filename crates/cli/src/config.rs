@@ -163,6 +163,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_the_shipped_example() {
+        let text = include_str!("../../../examples/authkeeper.toml");
+        let config: Config = toml::from_str(text).expect("examples/authkeeper.toml parses");
+        let portal = &config.sites["portal"];
+        assert_eq!(portal.accounts[0].name, "alice");
+        assert_eq!(portal.login.as_ref().map(|l| l.steps.len()), Some(5));
+        assert!(
+            authkeeper_session::login_for(portal).is_ok(),
+            "the recipe is valid"
+        );
+    }
+
+    #[test]
     fn parses_the_design_example() {
         let text = r#"
             [store]

@@ -1,7 +1,7 @@
 //! Round trip with real Playwright: a Chromium driven by `scripts/playwright/login.mjs` signs into
-//! the mock login app, the storage state it writes survives `StorageState::from_json` →
-//! `to_json` byte for byte, and `check.mjs` finds the exported state logged in — until the app
-//! expires every session server-side.
+//! the mock login app, the storage state it writes survives `StorageState::from_json` → import
+//! into the encrypted store → export → `to_json` byte for byte, and `check.mjs` finds the
+//! exported state logged in — until the app expires every session server-side.
 //!
 //! Needs `node` on PATH, Chromium (`$AUTHKEEPER_CHROMIUM`, default `/usr/bin/chromium`) and
 //! `npm ci` done in `$AUTHKEEPER_PLAYWRIGHT_DIR` (default: the repo's `scripts/playwright`);
@@ -142,7 +142,29 @@ async fn playwright_storage_state_round_trips_and_stays_logged_in() {
             .any(|cookie| cookie.name == "refresh" && cookie.path == "/api/auth"),
         "refresh cookie in the state"
     );
-    let exported = state.to_json();
+    // Through the encrypted store, as `authkeeper sessions import` / `export` do.
+    let store_dir = tempfile::tempdir().expect("temp dir");
+    let store = authkeeper_store::SqliteStore::open(
+        store_dir.path().join("sessions.db"),
+        authkeeper_store::Keyring::new(authkeeper_store::SealKey::new(zeroize::Zeroizing::new(
+            [5u8; 32],
+        ))),
+    )
+    .expect("store");
+    let site: authkeeper_session::SiteConfig = toml::from_str(&format!(
+        "origin = \"{base}\"\naccounts = [{{ name = \"{USER}\" }}]\n"
+    ))
+    .expect("site");
+    let pool = authkeeper_session::SessionPool::new(
+        std::sync::Arc::new(store),
+        authkeeper_core::SystemClock::shared(),
+        [("app".to_owned(), site)],
+    )
+    .expect("pool");
+    pool.import("app", USER, state.clone())
+        .await
+        .expect("import");
+    let exported = pool.export("app", USER).await.expect("export").to_json();
     assert!(
         exported.as_bytes() == written.as_slice(),
         "to_json differs from Playwright's file:\n--- playwright\n{}\n--- exported\n{exported}",
