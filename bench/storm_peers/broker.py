@@ -3,8 +3,11 @@
                 the token's generation to POST .../rejected and retry once with the answer.
   --mode proxy: call the API through the broker's proxy /proxy/NAME/... (with the client key;
                 the broker injects the token); --api is then the proxy URL.
-Each worker thread keeps its own HTTP/1.1 keep-alive connections."""
+Each worker thread keeps its own HTTP/1.1 keep-alive connections. --broker may list several
+replicas (comma-separated): worker thread t of process --index i uses replica (i*W + t) mod n,
+so the P×W threads are spread evenly over them."""
 import http.client
+import itertools
 import json
 import threading
 import urllib.parse
@@ -14,7 +17,8 @@ from common import Counters, main_guard, parse_args, run_threads
 
 def extra(p):
     p.add_argument("--mode", choices=["token", "proxy"], required=True)
-    p.add_argument("--broker", default="", help="broker base URL")
+    p.add_argument("--broker", default="", help="broker base URL(s), comma-separated")
+    p.add_argument("--index", type=int, default=0, help="this process's index (spreads threads)")
     p.add_argument("--key", default="", help="client key ak_...")
     p.add_argument("--name", default="api")
 
@@ -46,10 +50,17 @@ def main():
     c = Counters()
     conns = Conn()
     auth = {"Authorization": f"Bearer {a.key}"}
-    base = f"{a.broker}/v1/credentials/{a.name}"
+    bases = [f"{b}/v1/credentials/{a.name}" for b in a.broker.split(",") if b]
+    slots = itertools.count(a.index * a.workers)
+    mine = threading.local()
+
+    def my_base():
+        if not hasattr(mine, "base"):
+            mine.base = bases[next(slots) % len(bases)]
+        return mine.base
 
     def token():
-        status, body = conns.request("GET", f"{base}/token", auth)
+        status, body = conns.request("GET", f"{my_base()}/token", auth)
         if status != 200:
             raise RuntimeError(f"token API {status}: {body[:200]!r}")
         return json.loads(body)
@@ -60,7 +71,7 @@ def main():
         if status != 401:
             return status
         c.add("unauthorized")
-        status, body = conns.request("POST", f"{base}/rejected",
+        status, body = conns.request("POST", f"{my_base()}/rejected",
                                      {**auth, "Content-Type": "application/json"},
                                      json.dumps({"generation": t["generation"]}))
         if status != 200:
