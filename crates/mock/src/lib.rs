@@ -32,17 +32,15 @@ mod discovery;
 mod error;
 mod login;
 pub mod login_app;
+mod serve;
 mod state;
 mod token_endpoint;
 mod tokens;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::{any, get, post};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use crate::api::ADMIN_SCOPE;
 pub use crate::config::{DeviceOutcome, ErrorStyle, Knobs, MockClient, MockConfig};
@@ -50,9 +48,6 @@ pub use crate::discovery::document as discovery_document;
 pub use crate::error::MockError;
 pub use crate::login_app::{LoginApp, LoginAppConfig, LoginAppStats};
 pub use crate::state::{GrantInfo, IdpState, Stats};
-
-/// How long [`MockIdp::shutdown`] waits for open connections before aborting the server.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The axum router of the mock IdP over `state`, for embedding in another server.
 pub fn router(state: IdpState) -> Router {
@@ -81,54 +76,32 @@ pub fn router(state: IdpState) -> Router {
 #[derive(Debug)]
 pub struct MockIdp {
     state: IdpState,
-    addr: SocketAddr,
-    base_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    served: serve::Served,
 }
 
 impl MockIdp {
     /// Binds `config.listen` and starts serving on a tokio task.
     pub async fn start(config: MockConfig) -> Result<MockIdp, MockError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| MockError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| MockError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let base_url = format!("http://{}", reachable(addr));
-        let state = IdpState::new(config.clock, config.knobs, config.clients, base_url.clone())?;
-        let app = router(state.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        tracing::debug!(%base_url, "mock IdP started");
-        Ok(MockIdp {
-            state,
-            addr,
-            base_url,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let bound = serve::bind(config.listen).await?;
+        let state = IdpState::new(
+            config.clock,
+            config.knobs,
+            config.clients,
+            bound.base_url.clone(),
+        )?;
+        let served = bound.serve(router(state.clone()));
+        tracing::debug!(base_url = %served.base_url, "mock IdP started");
+        Ok(MockIdp { state, served })
     }
 
     /// The bound socket address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr
     }
 
     /// `http://HOST:PORT` (an unspecified listen address is shown as loopback).
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.served.base_url
     }
 
     /// The issuer, equal to [`MockIdp::base_url`].
@@ -138,27 +111,27 @@ impl MockIdp {
 
     /// `{base}/token`.
     pub fn token_url(&self) -> String {
-        format!("{}/token", self.base_url)
+        format!("{}/token", self.served.base_url)
     }
 
     /// `{base}/device/auth`.
     pub fn device_authorization_url(&self) -> String {
-        format!("{}/device/auth", self.base_url)
+        format!("{}/device/auth", self.served.base_url)
     }
 
     /// `{base}/authorize`.
     pub fn authorization_url(&self) -> String {
-        format!("{}/authorize", self.base_url)
+        format!("{}/authorize", self.served.base_url)
     }
 
     /// `{base}/revoke`.
     pub fn revoke_url(&self) -> String {
-        format!("{}/revoke", self.base_url)
+        format!("{}/revoke", self.served.base_url)
     }
 
     /// `{base}/api/resource`, a protected resource any valid token may read.
     pub fn api_url(&self) -> String {
-        format!("{}/api/resource", self.base_url)
+        format!("{}/api/resource", self.served.base_url)
     }
 
     /// The shared state (counters, knobs, grants).
@@ -200,42 +173,8 @@ impl MockIdp {
 
     /// Stops accepting connections, lets open requests finish (at most 5 s) and waits for the
     /// server task.
-    pub async fn shutdown(mut self) -> Result<(), MockError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let Some(mut task) = self.task.take() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-            Ok(Ok(result)) => result.map_err(MockError::Serve),
-            Ok(Err(join)) => Err(MockError::Task(join)),
-            Err(_elapsed) => {
-                task.abort();
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for MockIdp {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// The address a client should dial for a listener bound to `addr`.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
-        }
-        _ => addr,
+    pub async fn shutdown(self) -> Result<(), MockError> {
+        self.served.shutdown().await
     }
 }
 

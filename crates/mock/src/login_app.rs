@@ -41,14 +41,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::MockError;
 use crate::tokens::random_token;
-
-/// How long [`LoginApp::shutdown`] waits for open connections before aborting the server.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The `Retry-After` value (seconds) sent with blocked answers.
 const BLOCKED_RETRY_AFTER_SECS: u32 = 30;
@@ -396,16 +391,13 @@ fn router(state: AppState) -> Router {
 /// it gracefully.
 pub struct LoginApp {
     state: AppState,
-    addr: SocketAddr,
-    base_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    served: crate::serve::Served,
 }
 
 impl fmt::Debug for LoginApp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoginApp")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.served.base_url)
             .finish_non_exhaustive()
     }
 }
@@ -413,17 +405,8 @@ impl fmt::Debug for LoginApp {
 impl LoginApp {
     /// Binds `config.listen` and starts serving on a tokio task.
     pub async fn start(config: LoginAppConfig) -> Result<LoginApp, MockError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| MockError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| MockError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let base_url = format!("http://{}", crate::reachable(addr));
+        let bound = crate::serve::bind(config.listen).await?;
+        let base_url = bound.base_url.clone();
         let state = AppState(Arc::new(Shared {
             accounts: config.accounts,
             idle_timeout: config.idle_timeout,
@@ -435,49 +418,35 @@ impl LoginApp {
             blocking: Mutex::new(None),
             counters: Counters::default(),
         }));
-        let app = router(state.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let served = bound.serve(router(state.clone()));
         tracing::debug!(%base_url, "mock login app started");
-        Ok(LoginApp {
-            state,
-            addr,
-            base_url,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(LoginApp { state, served })
     }
 
     /// The bound socket address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr
     }
 
     /// `http://HOST:PORT` (an unspecified listen address is shown as loopback); also the
     /// origin `POST /api/auth/refresh` expects.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.served.base_url
     }
 
     /// `{base}/login`.
     pub fn login_url(&self) -> String {
-        format!("{}/login", self.base_url)
+        format!("{}/login", self.served.base_url)
     }
 
     /// `{base}/home`, the logged-in landing page.
     pub fn home_url(&self) -> String {
-        format!("{}/home", self.base_url)
+        format!("{}/home", self.served.base_url)
     }
 
     /// `{base}/api/me`, the heartbeat probe URL.
     pub fn probe_url(&self) -> String {
-        format!("{}/api/me", self.base_url)
+        format!("{}/api/me", self.served.base_url)
     }
 
     /// A snapshot of the counters.
@@ -500,29 +469,8 @@ impl LoginApp {
 
     /// Stops accepting connections, lets open requests finish (at most 5 s) and waits for the
     /// server task.
-    pub async fn shutdown(mut self) -> Result<(), MockError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let Some(mut task) = self.task.take() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-            Ok(Ok(result)) => result.map_err(MockError::Serve),
-            Ok(Err(join)) => Err(MockError::Task(join)),
-            Err(_elapsed) => {
-                task.abort();
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for LoginApp {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn shutdown(self) -> Result<(), MockError> {
+        self.served.shutdown().await
     }
 }
 

@@ -104,6 +104,20 @@ fn authorize_lease(
         .map_err(|_| Problem::new(ProblemType::UnknownLease, "no such lease"))
 }
 
+/// The pool and the lease id of a heartbeat or release the client may send (a lease of a site
+/// it may not use looks like an unknown lease).
+fn leased<'a>(
+    state: &'a AppState,
+    client: &ClientIdentity,
+    lease_id: Result<Path<String>, PathRejection>,
+) -> Result<(&'a SessionPool, String), Problem> {
+    let unknown = || Problem::new(ProblemType::UnknownLease, "no such lease");
+    let Path(lease_id) = lease_id.map_err(|_| unknown())?;
+    authorize_lease(state, client, &lease_id)?;
+    let pool = pool(state).map_err(|_| unknown())?;
+    Ok((pool, lease_id))
+}
+
 /// The problem for a pool failure. Details carry names only.
 fn problem(error: &LeaseError) -> Problem {
     match error {
@@ -214,18 +228,13 @@ pub(crate) async fn heartbeat(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(lease_id)) = lease_id else {
-        return Problem::new(ProblemType::UnknownLease, "no such lease").into_response();
+    let (pool, lease_id) = match leased(&state, &client, lease_id) {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
     };
-    if let Err(problem) = authorize_lease(&state, &client, &lease_id) {
-        return problem.into_response();
-    }
     let body: HeartbeatBody = match optional_json(&headers, body, state.config().max_body).await {
         Ok(body) => body,
         Err(problem) => return problem.into_response(),
-    };
-    let Ok(pool) = pool(&state) else {
-        return Problem::new(ProblemType::UnknownLease, "no such lease").into_response();
     };
     match pool
         .heartbeat(&lease_id, body.lease_ttl.map(Duration::from_secs))
@@ -247,18 +256,13 @@ pub(crate) async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(lease_id)) = lease_id else {
-        return Problem::new(ProblemType::UnknownLease, "no such lease").into_response();
+    let (pool, lease_id) = match leased(&state, &client, lease_id) {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
     };
-    if let Err(problem) = authorize_lease(&state, &client, &lease_id) {
-        return problem.into_response();
-    }
     let body: ReleaseBody = match read_json(&headers, body, state.config().max_body).await {
         Ok(body) => body,
         Err(problem) => return problem.into_response(),
-    };
-    let Ok(pool) = pool(&state) else {
-        return Problem::new(ProblemType::UnknownLease, "no such lease").into_response();
     };
     match pool
         .release(&lease_id, body.outcome, body.storage_state)
