@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use authkeeper_core::name::{CredentialName, TaskName};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Keeps OAuth credentials alive for long-running automations: refreshes exactly once,
@@ -54,8 +55,10 @@ pub enum Command {
     /// Re-encrypt the store with a new key.
     Rekey(RekeyArgs),
     /// Run the fault-injecting mock identity provider.
+    #[cfg(feature = "demo")]
     MockIdp(MockIdpArgs),
     /// Show exactly-once refresh at work: 50 workers share one credential against the mock IdP.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Run the broker: HTTP token API, credential-injecting proxy and metrics.
     Serve(ServeArgs),
@@ -81,7 +84,9 @@ impl Command {
     /// The log level used when no filter is configured.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::MockIdp(_) | Command::Serve(_) => "info",
+            #[cfg(feature = "demo")]
+            Command::MockIdp(_) => "info",
+            Command::Serve(_) => "info",
             _ => "warn",
         }
     }
@@ -95,7 +100,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The credential.
-    pub name: String,
+    pub name: CredentialName,
     /// The token must stay valid at least this long.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub min_ttl: Duration,
@@ -108,7 +113,7 @@ pub struct TokenArgs {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// The credential.
-    pub name: String,
+    pub name: CredentialName,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -135,11 +140,11 @@ pub struct RekeyArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The credential.
-    pub name: String,
+    pub name: CredentialName,
     /// The task whose checkpoint the child may use (`AUTHKEEPER_CHECKPOINT_URL`); default: the
     /// credential's name.
     #[arg(long, value_name = "TASK")]
-    pub task: Option<String>,
+    pub task: Option<TaskName>,
     /// The program and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -343,7 +348,7 @@ pub enum DebugCommand {
     /// Take a credential's refresh lease and hold it (until killed or for --hold).
     HoldLease {
         /// The credential.
-        name: String,
+        name: CredentialName,
         /// How long to hold it.
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         hold: Duration,

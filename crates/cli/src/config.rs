@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use authkeeper_core::CredentialConfig;
+use authkeeper_core::name::{CredentialName, SiteName};
 use authkeeper_server::{ClientConfig, ServerConfig};
 use serde::Deserialize;
 
@@ -28,13 +29,13 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Credentials by name.
     #[serde(default)]
-    pub credentials: BTreeMap<String, CredentialConfig>,
+    pub credentials: BTreeMap<CredentialName, CredentialConfig>,
     /// Re-authentication notifications (`authkeeper serve`).
     #[serde(default)]
     pub notify: Option<authkeeper_server::notify::NotifyConfig>,
     /// Browser-session sites by name (`authkeeper sessions`, session leases in `serve`).
     #[serde(default)]
-    pub sites: BTreeMap<String, authkeeper_session::SiteConfig>,
+    pub sites: BTreeMap<SiteName, authkeeper_session::SiteConfig>,
 }
 
 /// The `[store]` table.
@@ -108,10 +109,6 @@ impl Config {
         }
         if self.store.lease_ttl.is_some_and(|ttl| ttl.is_zero()) {
             bail!("[store] lease_ttl must be positive");
-        }
-        for name in self.credentials.keys() {
-            authkeeper_core::store::validate_name(name)
-                .with_context(|| format!("credential name {name:?}"))?;
         }
         Ok(())
     }
@@ -274,7 +271,7 @@ mod tests {
         assert_eq!(notify.max_attempts, 3);
         assert_eq!(config.clients[0].checkpoints, vec!["nightly".to_owned()]);
         let crm = &config.credentials["crm"];
-        let plan = authkeeper_core::reauth::ReauthPlan::from_config("crm", crm).expect("plan");
+        let plan = authkeeper_login::reauth::ReauthPlan::from_config("crm", crm).expect("plan");
         assert!(plan.method.is_automatic());
         assert_eq!(
             plan.policy.max_session_age,
@@ -283,7 +280,7 @@ mod tests {
         let mut bad = crm.clone();
         bad.relogin_window = Some("1am-5am".into());
         let error =
-            authkeeper_core::reauth::ReauthPlan::from_config("crm", &bad).expect_err("bad window");
+            authkeeper_login::reauth::ReauthPlan::from_config("crm", &bad).expect_err("bad window");
         assert!(error.to_string().contains("relogin_window"), "{error}");
     }
 }

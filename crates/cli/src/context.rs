@@ -167,12 +167,12 @@ impl Context {
     pub fn reauthenticator(
         &self,
         names: &[&str],
-    ) -> anyhow::Result<authkeeper_core::reauth::LoginReauthenticator> {
+    ) -> anyhow::Result<authkeeper_login::reauth::LoginReauthenticator> {
         let mut credentials = self.config.credentials.clone();
         credentials.retain(|name, _| names.is_empty() || names.contains(&name.as_str()));
-        Ok(authkeeper_core::reauth::LoginReauthenticator::from_config(
+        Ok(authkeeper_login::reauth::LoginReauthenticator::from_config(
             &credentials,
-            authkeeper_core::reauth::ReauthSettings::default(),
+            authkeeper_login::reauth::ReauthSettings::default(),
         )?)
     }
 
@@ -199,7 +199,7 @@ impl Context {
         }
         for (name, credential) in &self.config.credentials {
             if names.is_empty() || names.contains(&name.as_str()) {
-                builder = builder.credential(name, credential.resolve(name)?);
+                builder = builder.credential(name.clone(), credential.resolve(name)?);
             }
         }
         for name in names {

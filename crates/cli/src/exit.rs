@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use authkeeper_core::{ErrorClass, KeeperError};
 
 /// The demo's failure code.
+#[cfg(feature = "demo")]
 pub const DEMO_FAILED: u8 = 6;
 
 /// The exit code for an error chain: the first `KeeperError` in it decides.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use authkeeper_core::config::CredentialSettings;
 use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
 use authkeeper_core::policy::RefreshPolicy;
+use authkeeper_core::secret::{AccessToken, ClientSecret, RefreshToken};
 use authkeeper_core::{
-    Clock as _, ExpiryDefaults, Keeper, MemoryStore, SecretString, Store as _, SystemClock,
-    TokenSet,
+    Clock as _, CredentialName, ExpiryDefaults, Keeper, MemoryStore, SystemClock, TokenSet,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -18,9 +18,9 @@ fn keeper(runtime: &tokio::runtime::Runtime) -> Keeper {
     let store = Arc::new(MemoryStore::new());
     let now = SystemClock::new().now();
     let tokens = TokenSet {
-        access_token: SecretString::from("bench-access-token"),
+        access_token: AccessToken::from("bench-access-token"),
         token_type: "Bearer".into(),
-        refresh_token: Some(SecretString::from("bench-refresh-token")),
+        refresh_token: Some(RefreshToken::from("bench-refresh-token")),
         id_token: None,
         scope: None,
         issued_at: now,
@@ -32,7 +32,7 @@ fn keeper(runtime: &tokio::runtime::Runtime) -> Keeper {
         client: OAuthClientConfig {
             endpoint: Endpoint::TokenUrl("http://127.0.0.1:9/token".parse().expect("url")),
             client_id: "bench".into(),
-            client_secret: Some(SecretString::from("secret")),
+            client_secret: Some(ClientSecret::from("secret")),
             auth: ClientAuth::ClientSecretBasic,
             scopes: Vec::new(),
             audience: None,
@@ -44,10 +44,13 @@ fn keeper(runtime: &tokio::runtime::Runtime) -> Keeper {
         expiry: ExpiryDefaults::default(),
         heartbeat: false,
     };
+    let name = CredentialName::new("crm").expect("valid name");
     runtime.block_on(async {
-        store.put("crm", &tokens, now).await.expect("put");
+        authkeeper_core::store::import(&*store, &name, &tokens, now)
+            .await
+            .expect("put");
         let keeper = Keeper::builder(store, SystemClock::shared())
-            .credential("crm", settings)
+            .credential(name.clone(), settings)
             .build()
             .expect("keeper");
         keeper.token("crm", Duration::ZERO).await.expect("warm");

@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
 use crate::policy::RefreshPolicy;
+use crate::secret::ClientSecret;
 use crate::secret_ref::{SecretRef, SecretRefError};
 use crate::token::ExpiryDefaults;
 
@@ -247,10 +248,12 @@ impl CredentialConfig {
             _ => return Err(ConfigError::Endpoint(name.to_owned())),
         };
         let client_secret = match &self.client_secret {
-            Some(reference) => Some(reference.resolve().map_err(|source| ConfigError::Secret {
-                name: name.to_owned(),
-                source,
-            })?),
+            Some(reference) => Some(ClientSecret::from(reference.resolve().map_err(
+                |source| ConfigError::Secret {
+                    name: name.to_owned(),
+                    source,
+                },
+            )?)),
             None => None,
         };
         if client_secret.is_none() && self.auth_method != ClientAuth::None {

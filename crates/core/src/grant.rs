@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use url::Url;
@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
 use crate::error::{RefreshError, TransportKind, parse_retry_after};
+use crate::secret::{ClientSecret, RefreshToken};
 use crate::token::{ParsedTokenBody, TokenResponse};
 
 /// Largest token-endpoint response body read (1 MiB).
@@ -64,7 +65,7 @@ pub struct OAuthClientConfig {
     /// The client id.
     pub client_id: String,
     /// The client secret, for confidential clients.
-    pub client_secret: Option<SecretString>,
+    pub client_secret: Option<ClientSecret>,
     /// How to authenticate.
     pub auth: ClientAuth,
     /// Scopes to request (client_credentials) or narrow to (refresh; empty = unchanged).
@@ -97,7 +98,7 @@ impl fmt::Debug for OAuthClientConfig {
 /// What to ask the token endpoint for.
 pub enum GrantRequest<'a> {
     /// Redeem this refresh token.
-    RefreshToken(&'a SecretString),
+    RefreshToken(&'a RefreshToken),
     /// A client_credentials token.
     ClientCredentials,
 }
@@ -199,8 +200,11 @@ impl OAuthClient {
             .into_token_response()
     }
 
-    /// Adds the configured `scope` (when `with_scope`), `audience` and extra parameters.
-    pub(crate) fn add_request_params(
+    /// Adds the configured `scope` (when `with_scope`), `audience` and extra parameters. With
+    /// [`OAuthClient::finish_form`] and [`OAuthClient::post_encoded`], the building blocks of the
+    /// other grants and endpoints (device code, authorization code, revocation in
+    /// `authkeeper-login`), so they share this client's authentication and answer parsing.
+    pub fn add_request_params(
         &self,
         form: &mut url::form_urlencoded::Serializer<'_, String>,
         with_scope: bool,
@@ -218,7 +222,7 @@ impl OAuthClient {
 
     /// Adds the client authentication to `form` (post, none) or as a Basic header, and returns
     /// the encoded body (zeroized on drop) with that header.
-    pub(crate) fn finish_form(
+    pub fn finish_form(
         &self,
         mut form: url::form_urlencoded::Serializer<'_, String>,
     ) -> Result<(Zeroizing<String>, Option<reqwest::header::HeaderValue>), RefreshError> {
@@ -263,7 +267,7 @@ impl OAuthClient {
 
     /// POSTs an encoded form to `url` and reads the answer (at most 1 MiB). `now` interprets
     /// an HTTP-date `Retry-After`.
-    pub(crate) async fn post_encoded(
+    pub async fn post_encoded(
         &self,
         url: Url,
         body: Zeroizing<String>,
@@ -303,7 +307,7 @@ impl OAuthClient {
 }
 
 /// The answer to a form POST at an OAuth endpoint.
-pub(crate) struct FormAnswer {
+pub struct FormAnswer {
     /// HTTP status.
     pub status: u16,
     /// The server's `Retry-After`, if any.
@@ -314,7 +318,7 @@ pub(crate) struct FormAnswer {
 
 impl FormAnswer {
     /// Reads a token-endpoint answer: tokens, or the classified error.
-    pub(crate) fn into_token_response(self) -> Result<TokenResponse, RefreshError> {
+    pub fn into_token_response(self) -> Result<TokenResponse, RefreshError> {
         let FormAnswer {
             status,
             retry_after,

@@ -118,12 +118,11 @@ fn unit_fraction(name: &str, generation: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     fn tokens(issued_secs: i64, lifetime_ms: u64) -> TokenSet {
         let issued_at = Timestamp::from_secs(issued_secs);
         TokenSet {
-            access_token: SecretString::from("a"),
+            access_token: crate::secret::AccessToken::from("a"),
             token_type: "Bearer".into(),
             refresh_token: None,
             id_token: None,

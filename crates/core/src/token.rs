@@ -9,12 +9,13 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
+use crate::secret::{AccessToken, IdToken, RefreshToken};
 
 /// The longest `expires_in` accepted from a provider (ten years). Longer values are treated as a
 /// broken response rather than trusted.
@@ -30,13 +31,13 @@ pub const SESSION_STARTED_AT: &str = "authkeeper_session_started_at";
 #[derive(Clone)]
 pub struct TokenSet {
     /// The bearer token sent to APIs.
-    pub access_token: SecretString,
+    pub access_token: AccessToken,
     /// The token type, usually `Bearer`.
     pub token_type: String,
     /// The refresh token, when the grant has one.
-    pub refresh_token: Option<SecretString>,
+    pub refresh_token: Option<RefreshToken>,
     /// The OpenID Connect ID token, when one was issued.
-    pub id_token: Option<SecretString>,
+    pub id_token: Option<IdToken>,
     /// The granted scope, as the provider reported it.
     pub scope: Option<String>,
     /// When this access token was obtained (by our clock).
@@ -122,16 +123,13 @@ impl TokenSet {
     pub fn from_secret_json(bytes: &[u8]) -> Result<TokenSet, serde_json::Error> {
         let stored: StoredTokenSet = serde_json::from_slice(bytes)?;
         Ok(TokenSet {
-            access_token: SecretString::from(stored.access_token.as_str()),
+            access_token: AccessToken::from(stored.access_token.as_str()),
             token_type: stored.token_type,
             refresh_token: stored
                 .refresh_token
                 .as_ref()
-                .map(|s| SecretString::from(s.as_str())),
-            id_token: stored
-                .id_token
-                .as_ref()
-                .map(|s| SecretString::from(s.as_str())),
+                .map(|s| RefreshToken::from(s.as_str())),
+            id_token: stored.id_token.as_ref().map(|s| IdToken::from(s.as_str())),
             scope: stored.scope,
             issued_at: stored.issued_at,
             expires_at: stored.expires_at,
@@ -209,10 +207,10 @@ pub enum ExpirySource {
 
 /// A successful token-endpoint response, validated.
 pub struct TokenResponse {
-    access_token: SecretString,
+    access_token: AccessToken,
     token_type: String,
-    refresh_token: Option<SecretString>,
-    id_token: Option<SecretString>,
+    refresh_token: Option<RefreshToken>,
+    id_token: Option<IdToken>,
     scope: Option<String>,
     expiry: ExpirySource,
     refresh_token_expires_in: Option<Duration>,
@@ -302,7 +300,7 @@ impl TokenResponse {
 
     fn from_object(mut map: Map<String, Value>) -> Result<TokenResponse, TokenResponseError> {
         let access_token = match map.remove("access_token") {
-            Some(Value::String(s)) if !s.trim().is_empty() => SecretString::from(s),
+            Some(Value::String(s)) if !s.trim().is_empty() => AccessToken::from(s),
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 return Err(TokenResponseError::MissingAccessToken);
             }
@@ -407,12 +405,12 @@ fn normalize_token_type(raw: &str) -> String {
     }
 }
 
-fn optional_secret(
+fn optional_secret<S: From<String>>(
     map: &mut Map<String, Value>,
     field: &'static str,
-) -> Result<Option<SecretString>, TokenResponseError> {
+) -> Result<Option<S>, TokenResponseError> {
     match map.remove(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(SecretString::from(s))),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(S::from(s))),
         Some(Value::String(_)) | None | Some(Value::Null) => Ok(None),
         Some(_) => Err(TokenResponseError::InvalidField { field }),
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use authkeeper_core::token::{ExpirySource, JwtTimes, ParsedTokenBody, TokenResponseError};
 use authkeeper_core::{
-    ExpiryDefaults, ExposeSecret, RefreshError, SecretString, Timestamp, TokenResponse, TokenSet,
+    ExpiryDefaults, ExposeSecret, RefreshError, Timestamp, TokenResponse, TokenSet,
 };
 use base64::Engine as _;
 
@@ -25,9 +25,9 @@ fn defaults() -> ExpiryDefaults {
 
 fn previous() -> TokenSet {
     TokenSet {
-        access_token: SecretString::from("old-access"),
+        access_token: authkeeper_core::secret::AccessToken::from("old-access"),
         token_type: "Bearer".into(),
-        refresh_token: Some(SecretString::from("kept-refresh")),
+        refresh_token: Some(authkeeper_core::secret::RefreshToken::from("kept-refresh")),
         id_token: None,
         scope: Some("a b".into()),
         issued_at: NOW - Duration::from_secs(3600),

@@ -11,19 +11,25 @@ use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig}
 use authkeeper_core::policy::RefreshPolicy;
 use authkeeper_core::store::{CredentialSummary, LeaseAttempt};
 use authkeeper_core::{
-    Clock, CredentialState, CredentialStatus, ErrorClass, Event, ExpiryDefaults, ExposeSecret,
-    Keeper, KeeperError, Lease, ManualClock, MemoryStore, SecretString, SharedClock, Store,
-    StoreError, StoredCredential, SystemClock, Timestamp, TokenResponse, TokenSet, WriteOutcome,
+    Clock, CredentialName, CredentialState, CredentialStatus, CredentialStore, ErrorClass, Event,
+    ExpiryDefaults, ExposeSecret, Keeper, KeeperError, Lease, ManualClock, MemoryStore,
+    Precondition, SharedClock, Store, StoreError, StoredCredential, SystemClock, Timestamp,
+    TokenResponse, TokenSet, WriteOutcome,
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use tokio::sync::mpsc;
+
+/// A credential name the tests know to be valid.
+fn cred(name: &str) -> CredentialName {
+    CredentialName::new(name).expect("valid name")
+}
 
 fn settings(idp: &MockIdp, grant: GrantKind, auth: ClientAuth, secret: &str) -> CredentialSettings {
     CredentialSettings {
         client: OAuthClientConfig {
             endpoint: Endpoint::TokenUrl(idp.token_url().parse().expect("url")),
             client_id: "mock-client".into(),
-            client_secret: Some(SecretString::from(secret)),
+            client_secret: Some(authkeeper_core::secret::ClientSecret::from(secret)),
             auth,
             scopes: Vec::new(),
             audience: None,
@@ -55,12 +61,12 @@ fn knobs(access_ttl_ms: u64) -> Knobs {
 /// A Keeper over `store` with one refresh_token credential `api` of `idp` (basic auth).
 fn api_keeper(
     idp: &MockIdp,
-    store: Arc<dyn Store>,
+    store: Arc<dyn CredentialStore>,
     clock: SharedClock,
     sink: Option<Arc<dyn authkeeper_core::EventSink>>,
 ) -> Keeper {
     let mut builder = Keeper::builder(store, clock).credential(
-        "api",
+        cred("api"),
         settings(
             idp,
             GrantKind::RefreshToken,
@@ -75,13 +81,15 @@ fn api_keeper(
 }
 
 /// Mints a grant at the mock and stores it as credential `name`.
-async fn import_grant(idp: &MockIdp, store: &dyn Store, name: &str, now: Timestamp) {
+async fn import_grant(idp: &MockIdp, store: &dyn CredentialStore, name: &str, now: Timestamp) {
     let response = idp.mint_grant(None, None).expect("grant");
     let body = serde_json::to_vec(&response).expect("json");
     let tokens = TokenResponse::parse_tokens(&body)
         .expect("tokens")
         .into_token_set(now, &ExpiryDefaults::default());
-    store.put(name, &tokens, now).await.expect("put");
+    authkeeper_core::store::import(store, &cred(name), &tokens, now)
+        .await
+        .expect("put");
 }
 
 /// Collects events into a channel.
@@ -122,7 +130,7 @@ async fn hundred_tasks_share_one_refresh_per_expiry() {
     let idp = start_idp(Arc::clone(&clock), knobs(2000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
+    let keeper = api_keeper(&idp, store.clone(), Arc::clone(&clock), None);
     let heartbeat = keeper.spawn_heartbeat();
     let http = reqwest::Client::new();
     let worker_401s = Arc::new(AtomicU64::new(0));
@@ -166,7 +174,7 @@ async fn hundred_tasks_share_one_refresh_per_expiry() {
     heartbeat.abort();
     let stats = idp.stats();
     let generation = store
-        .load("api")
+        .load(&cred("api"))
         .await
         .expect("load")
         .expect("stored")
@@ -204,7 +212,7 @@ async fn refreshes_proactively_when_nobody_asks() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
     let (sink, mut events) = event_channel();
-    let keeper = api_keeper(&idp, Arc::clone(&store), shared, Some(sink));
+    let keeper = api_keeper(&idp, store.clone(), shared, Some(sink));
     assert!(keeper.warm_up().await.is_empty());
     let heartbeat = keeper.spawn_heartbeat();
     clock.advance(Duration::from_secs(50));
@@ -215,7 +223,7 @@ async fn refreshes_proactively_when_nobody_asks() {
     assert_eq!(idp.stats().refresh_calls, 1);
     assert_eq!(
         store
-            .load("api")
+            .load(&cred("api"))
             .await
             .expect("load")
             .expect("stored")
@@ -232,7 +240,7 @@ async fn transient_failures_back_off_and_serve_the_cached_token_while_valid() {
     let idp = start_idp(Arc::clone(&shared), knobs(100_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = api_keeper(&idp, Arc::clone(&store), shared, None);
+    let keeper = api_keeper(&idp, store.clone(), shared, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     idp.set_knobs(Knobs {
         fault_503_rate: 1.0,
@@ -297,9 +305,11 @@ async fn revoked_grant_needs_reauth_without_further_calls() {
     let tokens = TokenResponse::parse_tokens(&body)
         .expect("tokens")
         .into_token_set(clock.now(), &ExpiryDefaults::default());
-    store.put("api", &tokens, clock.now()).await.expect("put");
+    authkeeper_core::store::import(&*store, &cred("api"), &tokens, clock.now())
+        .await
+        .expect("put");
     let (sink, mut events) = event_channel();
-    let keeper = api_keeper(&idp, Arc::clone(&store), shared, Some(sink));
+    let keeper = api_keeper(&idp, store.clone(), shared, Some(sink));
     idp.revoke_grant(&grant_id).expect("revoke");
     clock.advance(Duration::from_secs(11));
     let error = keeper
@@ -315,7 +325,11 @@ async fn revoked_grant_needs_reauth_without_further_calls() {
         .expect_err("still dead");
     assert!(matches!(again, KeeperError::NeedsReauth { .. }), "{again}");
     assert_eq!(idp.stats().token_requests, calls, "refresh is not retried");
-    let stored = store.load("api").await.expect("load").expect("stored");
+    let stored = store
+        .load(&cred("api"))
+        .await
+        .expect("load")
+        .expect("stored");
     assert_eq!(
         stored.status.state,
         CredentialState::NeedsReauth,
@@ -335,7 +349,7 @@ async fn wrong_client_secret_is_a_configuration_error() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let keeper = Keeper::builder(store, clock)
         .credential(
-            "cc",
+            cred("cc"),
             settings(
                 &idp,
                 GrantKind::ClientCredentials,
@@ -363,9 +377,9 @@ async fn client_credentials_are_issued_on_demand_with_basic_and_post() {
     let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
     for auth in [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost] {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let keeper = Keeper::builder(Arc::clone(&store), Arc::clone(&clock))
+        let keeper = Keeper::builder(store.clone(), Arc::clone(&clock))
             .credential(
-                "cc",
+                cred("cc"),
                 settings(&idp, GrantKind::ClientCredentials, auth, "mock-secret"),
             )
             .build()
@@ -393,7 +407,7 @@ async fn compare_and_refresh_refreshes_once_per_rejected_generation() {
     let idp = start_idp(Arc::clone(&clock), knobs(600_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = api_keeper(&idp, Arc::clone(&store), clock, None);
+    let keeper = api_keeper(&idp, store.clone(), clock, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -453,24 +467,23 @@ struct UnwritableStore {
 }
 
 #[async_trait]
-impl Store for UnwritableStore {
-    async fn load(&self, name: &str) -> Result<Option<StoredCredential>, StoreError> {
+impl CredentialStore for UnwritableStore {
+    async fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
         self.inner.load(name).await
     }
     async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
         self.inner.list().await
     }
-    async fn put(&self, name: &str, tokens: &TokenSet, now: Timestamp) -> Result<u64, StoreError> {
-        self.inner.put(name, tokens, now).await
-    }
-    async fn compare_and_put(
+    async fn put(
         &self,
-        _: &str,
-        _: u64,
-        _: Option<u64>,
-        _: &TokenSet,
-        _: Timestamp,
+        name: &CredentialName,
+        precondition: Precondition,
+        tokens: &TokenSet,
+        now: Timestamp,
     ) -> Result<WriteOutcome, StoreError> {
+        if precondition == Precondition::None {
+            return self.inner.put(name, precondition, tokens, now).await;
+        }
         Err(StoreError::Unavailable {
             message: "disk full".into(),
             source: None,
@@ -478,18 +491,18 @@ impl Store for UnwritableStore {
     }
     async fn set_status(
         &self,
-        name: &str,
+        name: &CredentialName,
         generation: u64,
         status: &CredentialStatus,
     ) -> Result<bool, StoreError> {
         self.inner.set_status(name, generation, status).await
     }
-    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+    async fn delete(&self, name: &CredentialName) -> Result<bool, StoreError> {
         self.inner.delete(name).await
     }
     async fn try_acquire_lease(
         &self,
-        name: &str,
+        name: &CredentialName,
         owner: &str,
         now: Timestamp,
         ttl: Duration,
@@ -498,6 +511,13 @@ impl Store for UnwritableStore {
     }
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.inner.release_lease(lease).await
+    }
+    async fn mark_in_flight(
+        &self,
+        lease: &Lease,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.mark_in_flight(lease, generation).await
     }
 }
 
@@ -531,7 +551,7 @@ async fn a_provider_clock_ten_minutes_ahead_does_not_shift_expiry() {
     let idp = start_idp(Arc::clone(&shared), skewed).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = api_keeper(&idp, Arc::clone(&store), shared, None);
+    let keeper = api_keeper(&idp, store.clone(), shared, None);
     let first = keeper.token("api", Duration::ZERO).await.expect("token");
     let lifetime = first.expires_at().saturating_since(clock.now());
     assert!(
@@ -572,21 +592,24 @@ async fn a_refresh_lost_in_a_crash_is_reported_and_recovered_within_the_grace() 
         // The doomed holder: takes the lease, marks the refresh in flight, has the provider
         // rotate the refresh token, and dies before writing (no release).
         let lease = match store
-            .try_acquire_lease("api", "doomed", clock.now(), Duration::from_millis(1))
+            .try_acquire_lease(
+                &cred("api"),
+                "doomed",
+                clock.now(),
+                Duration::from_millis(1),
+            )
             .await
             .expect("lease")
         {
             LeaseAttempt::Acquired(lease) => lease,
             LeaseAttempt::Busy { .. } => panic!("lease busy"),
         };
-        assert_eq!(
-            store
-                .mark_in_flight("api", lease.fence, 1)
-                .await
-                .expect("mark"),
-            None
-        );
-        let stored = store.load("api").await.expect("load").expect("stored");
+        assert_eq!(store.mark_in_flight(&lease, 1).await.expect("mark"), None);
+        let stored = store
+            .load(&cred("api"))
+            .await
+            .expect("load")
+            .expect("stored");
         let refresh_token = stored
             .tokens
             .refresh_token
@@ -617,12 +640,16 @@ async fn a_refresh_lost_in_a_crash_is_reported_and_recovered_within_the_grace() 
         };
         let keeper = api_keeper(
             &idp,
-            Arc::clone(&store),
+            store.clone(),
             Arc::clone(&clock),
             Some(Arc::new(sink)),
         );
         let result = keeper.rejected("api", 1).await;
-        let stored = store.load("api").await.expect("load").expect("stored");
+        let stored = store
+            .load(&cred("api"))
+            .await
+            .expect("load")
+            .expect("stored");
         if grace_ms == 0 {
             match result {
                 Err(KeeperError::NeedsReauth { reason, .. }) => {
@@ -653,7 +680,7 @@ async fn reload_installs_a_newer_stored_generation() {
     let idp = start_idp(Arc::clone(&clock), knobs(3_600_000)).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     import_grant(&idp, &*store, "api", clock.now()).await;
-    let keeper = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
+    let keeper = api_keeper(&idp, store.clone(), Arc::clone(&clock), None);
     assert_eq!(
         keeper
             .token("api", Duration::ZERO)

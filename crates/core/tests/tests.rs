@@ -2,5 +2,3 @@
 
 mod fixtures;
 mod keeper;
-mod login;
-mod reauth;

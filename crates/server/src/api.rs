@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use authkeeper_core::backoff::CircuitState;
 use authkeeper_core::{
-    AccessToken, CredentialState, CredentialStatus, CredentialSummary, ExposeSecret as _, Timestamp,
+    CredentialState, CredentialStatus, CredentialSummary, ExposeSecret as _, Timestamp, Token,
 };
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
@@ -18,6 +18,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ClientIdentity;
+use crate::authorize::{Authorized, Credential};
 use crate::problem::{Problem, ProblemType};
 use crate::state::AppState;
 
@@ -36,7 +37,7 @@ struct TokenBody<'a> {
     generation: u64,
 }
 
-fn token_response(token: &AccessToken) -> Response {
+fn token_response(token: &Token) -> Response {
     let body = TokenBody {
         access_token: token.secret().expose_secret(),
         token_type: token.token_type(),
@@ -48,25 +49,6 @@ fn token_response(token: &AccessToken) -> Response {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("pragma", HeaderValue::from_static("no-cache"));
     response
-}
-
-/// Checks that `name` is well formed and that `client` may use it. An unknown credential gets
-/// the same `forbidden` answer as one the client may not use.
-pub(crate) fn authorize(
-    state: &AppState,
-    client: &ClientIdentity,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<String, Problem> {
-    let Path(name) = name.map_err(|_| Problem::invalid_request("malformed credential name"))?;
-    if authkeeper_core::store::validate_name(&name).is_err() {
-        return Err(Problem::invalid_request(
-            "a credential name is 1-128 ASCII letters, digits, '.', '_' or '-'",
-        ));
-    }
-    if !client.may_use(&name) || !state.is_configured(&name) {
-        return Err(Problem::forbidden());
-    }
-    Ok(name)
 }
 
 /// `?min_ttl=SECONDS&wait=SECONDS`.
@@ -92,79 +74,15 @@ pub(crate) fn wait_param(query: Option<&str>) -> Duration {
     Duration::from_secs(wait.min(MAX_WAIT))
 }
 
-/// How often a `wait=` long poll re-reads the store at the least (a backend with change
-/// notifications wakes it sooner).
-const WAIT_POLL: Duration = Duration::from_secs(1);
-
-/// A token, or — when the credential needs re-authentication — after re-reading the store
-/// (a login by another process) and, with `wait`, blocking until a new generation is stored
-/// or `wait` passes. A credential in `needs_reauth` gets no token even if its last access token
-/// has not expired yet: its grant is dead (often revoked with its tokens), so workers should
-/// save their progress and stop.
-async fn token_or_wait(
-    state: &AppState,
-    name: &str,
-    min_ttl: Duration,
-    wait: Duration,
-) -> Result<AccessToken, authkeeper_core::KeeperError> {
-    let keeper = state.keeper();
-    let attempt = || async {
-        match keeper.status(name) {
-            Some(status) if status.state == CredentialState::NeedsReauth => {
-                Err(authkeeper_core::KeeperError::NeedsReauth {
-                    name: name.to_owned(),
-                    reason: status
-                        .reason
-                        .unwrap_or_else(|| CredentialState::NeedsReauth.to_string()),
-                })
-            }
-            _ => keeper.token(name, min_ttl).await,
-        }
-    };
-    let needs_reauth = |result: &Result<AccessToken, authkeeper_core::KeeperError>| matches!(result, Err(error) if error.class() == authkeeper_core::ErrorClass::NeedsReauth);
-    let first = attempt().await;
-    if !needs_reauth(&first) {
-        return first;
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut seen = keeper
-        .store()
-        .load(name)
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |record| record.generation);
-    loop {
-        let _ = keeper.reload(name).await;
-        let now = tokio::time::Instant::now();
-        let result = attempt().await;
-        if !needs_reauth(&result) || now >= deadline {
-            return result;
-        }
-        keeper
-            .store()
-            .wait_for_change(name, seen, WAIT_POLL.min(deadline - now))
-            .await;
-        if let Ok(Some(record)) = keeper.store().load(name).await {
-            seen = record.generation;
-        }
-    }
-}
-
 /// The longest `min_ttl` accepted (one year).
 const MAX_MIN_TTL: u64 = 365 * 24 * 3600;
 
 /// `GET /v1/credentials/{name}/token`.
 pub(crate) async fn token(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    name: Result<Path<String>, PathRejection>,
+    Authorized { client, name }: Authorized<Credential>,
     query: Result<Query<TokenQuery>, QueryRejection>,
-) -> Response {
-    let name = match authorize(&state, &client, name) {
-        Ok(name) => name,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Response, Problem> {
     let (min_ttl, wait) = match query {
         Ok(Query(TokenQuery { min_ttl, wait }))
             if min_ttl.unwrap_or(0) <= MAX_MIN_TTL && wait.unwrap_or(0) <= MAX_WAIT =>
@@ -178,24 +96,23 @@ pub(crate) async fn token(
             state
                 .metrics()
                 .token_request(&name, ProblemType::InvalidRequest.slug());
-            return Problem::invalid_request(format!(
+            return Err(Problem::invalid_request(format!(
                 "min_ttl and wait must be whole numbers of seconds (wait at most {MAX_WAIT})"
             ))
-            .with_credential(&name)
-            .into_response();
+            .with_credential(name.as_str()));
         }
     };
-    match token_or_wait(&state, &name, min_ttl, wait).await {
+    match state.keeper().token_or_wait(&name, min_ttl, wait).await {
         Ok(token) => {
             state.metrics().token_request(&name, "ok");
             tracing::debug!(client = client.name(), credential = %name, generation = token.generation(), "token handed out");
-            token_response(&token)
+            Ok(token_response(&token))
         }
         Err(error) => {
             let problem = Problem::from_keeper(&error, state.keeper().clock().now());
             state.metrics().token_request(&name, problem.kind().slug());
             tracing::warn!(client = client.name(), credential = %name, error = %error, "token request failed");
-            problem.into_response()
+            Err(problem)
         }
     }
 }
@@ -210,19 +127,13 @@ struct RejectedBody {
 /// `POST /v1/credentials/{name}/rejected`.
 pub(crate) async fn rejected(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    name: Result<Path<String>, PathRejection>,
+    Authorized { client, name }: Authorized<Credential>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let name = match authorize(&state, &client, name) {
-        Ok(name) => name,
-        Err(problem) => return problem.into_response(),
-    };
-    let request: RejectedBody = match read_json(&headers, body, state.config().max_body).await {
-        Ok(request) => request,
-        Err(problem) => return problem.with_credential(&name).into_response(),
-    };
+) -> Result<Response, Problem> {
+    let request: RejectedBody = read_json(&headers, body, state.config().max_body)
+        .await
+        .map_err(|problem| problem.with_credential(name.as_str()))?;
     match state.keeper().rejected(&name, request.generation).await {
         Ok(token) => {
             tracing::info!(
@@ -232,11 +143,11 @@ pub(crate) async fn rejected(
                 generation = token.generation(),
                 "token reported rejected"
             );
-            token_response(&token)
+            Ok(token_response(&token))
         }
         Err(error) => {
             tracing::warn!(client = client.name(), credential = %name, error = %error, "rejected report failed");
-            Problem::from_keeper(&error, state.keeper().clock().now()).into_response()
+            Err(Problem::from_keeper(&error, state.keeper().clock().now()))
         }
     }
 }
@@ -357,6 +268,7 @@ pub(crate) async fn list(
     let mut names: Vec<&str> = state
         .keeper()
         .credential_names()
+        .map(|name| name.as_str())
         .filter(|name| client.may_use(name))
         .collect();
     names.sort_unstable();
@@ -373,31 +285,21 @@ pub(crate) async fn list(
 /// `GET /v1/credentials/{name}`.
 pub(crate) async fn status(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    name: Result<Path<String>, PathRejection>,
-) -> Response {
-    let name = match authorize(&state, &client, name) {
-        Ok(name) => name,
-        Err(problem) => return problem.into_response(),
-    };
-    match state.keeper().store().load(&name).await {
-        Ok(record) => {
-            let summary = record.map(|r| CredentialSummary {
-                name: r.name,
-                generation: r.generation,
-                expires_at: r.tokens.expires_at,
-                status: r.status,
-            });
-            axum::Json(status_body(&state, &name, summary.as_ref())).into_response()
-        }
-        Err(error) => {
-            tracing::warn!(credential = %name, error = %error, "store load failed");
-            Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
-                .with_credential(&name)
-                .with_retry_after(Duration::from_secs(1))
-                .into_response()
-        }
-    }
+    Authorized { name, .. }: Authorized<Credential>,
+) -> Result<Response, Problem> {
+    let record = state.keeper().store().load(&name).await.map_err(|error| {
+        tracing::warn!(credential = %name, error = %error, "store load failed");
+        Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
+            .with_credential(name.as_str())
+            .with_retry_after(Duration::from_secs(1))
+    })?;
+    let summary = record.map(|r| CredentialSummary {
+        name: r.name,
+        generation: r.generation,
+        expires_at: r.tokens.expires_at,
+        status: r.status,
+    });
+    Ok(axum::Json(status_body(&state, &name, summary.as_ref())).into_response())
 }
 
 /// `GET /healthz`: the process is up.

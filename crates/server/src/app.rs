@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -14,6 +13,7 @@ use rand::RngCore as _;
 
 use crate::api;
 use crate::auth::ClientIdentity;
+use crate::authorize::{Authorized, Credential};
 use crate::checkpoints;
 use crate::problem::{Problem, ProblemType};
 use crate::sessions;
@@ -189,30 +189,17 @@ fn new_request_id() -> String {
 /// `ANY /proxy/{name}/{path...}`: forwards to the credential's upstream.
 async fn proxy(
     State(state): State<AppState>,
-    axum::Extension(client): axum::Extension<ClientIdentity>,
-    name: Result<Path<Vec<(String, String)>>, PathRejection>,
+    Authorized { name, .. }: Authorized<Credential>,
     request: Request,
-) -> Response {
-    let name = name.map(|Path(params)| {
-        Path(
-            params
-                .into_iter()
-                .find(|(key, _)| key == "name")
-                .map(|(_, value)| value)
-                .unwrap_or_default(),
-        )
-    });
-    let name = match api::authorize(&state, &client, name) {
-        Ok(name) => name,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Response, Problem> {
     if !state.has_upstream(&name) {
-        return Problem::not_found("this credential has no upstream to proxy to")
-            .with_credential(&name)
-            .into_response();
+        return Err(
+            Problem::not_found("this credential has no upstream to proxy to")
+                .with_credential(name.as_str()),
+        );
     }
     let path_and_query = upstream_path(request.uri());
-    state.proxy().forward(&name, &path_and_query, request).await
+    Ok(state.proxy().forward(&name, &path_and_query, request).await)
 }
 
 /// The raw (still percent-encoded) path after `/proxy/{name}`, with the query.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authkeeper_core::{CredentialConfig, Keeper};
+use authkeeper_core::name::CredentialName;
+use authkeeper_core::{CredentialConfig, Keeper, RecordStore};
 use authkeeper_session::SessionPool;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -59,10 +60,12 @@ pub enum BrokerError {
 }
 
 /// Everything the broker needs besides the Keeper.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// The `[server]` table.
     pub server: ServerConfig,
+    /// Where checkpoints are kept (usually the same store as the Keeper's credentials).
+    pub records: Arc<dyn RecordStore>,
     /// The `[[clients]]` entries.
     pub clients: Vec<ClientConfig>,
     /// Upstreams of proxied credentials.
@@ -83,16 +86,34 @@ pub struct BrokerConfig {
     pub session_maintenance: Option<Duration>,
 }
 
+impl BrokerConfig {
+    /// The defaults (loopback listener, no clients, no upstreams, no sessions), checkpoints in
+    /// `records`.
+    pub fn new(records: Arc<dyn RecordStore>) -> BrokerConfig {
+        BrokerConfig {
+            server: ServerConfig::default(),
+            records,
+            clients: Vec::new(),
+            upstreams: HashMap::new(),
+            metrics: None,
+            heartbeat: false,
+            readiness_probe: None,
+            sessions: None,
+            session_maintenance: None,
+        }
+    }
+}
+
 /// The upstreams of every credential with an `upstream` URL.
 pub fn upstreams_from(
-    credentials: &BTreeMap<String, CredentialConfig>,
+    credentials: &BTreeMap<CredentialName, CredentialConfig>,
 ) -> HashMap<String, Upstream> {
     credentials
         .iter()
         .filter_map(|(name, config)| {
             config.upstream.clone().map(|base| {
                 (
-                    name.clone(),
+                    name.to_string(),
                     Upstream {
                         base,
                         inject: config.inject.clone(),
@@ -160,6 +181,7 @@ impl Broker {
         let (listener, addr) = bind(&config.server.listen, tls).await?;
         let state = AppState::new(
             keeper.clone(),
+            config.records.clone(),
             config.server.clone(),
             &config.clients,
             config.upstreams,

@@ -3,7 +3,7 @@
 //! - [`config`]: the `[server]` and `[[clients]]` tables.
 //! - [`broker`]: binding (TCP, TLS, Unix socket), serving, graceful shutdown ([`Broker`]).
 //! - [`app`]: the router ([`router`]) with authentication, logging and timeouts.
-//! - [`api`] handlers, [`auth`] client keys, [`metrics`] Prometheus metrics, [`problem`]
+//! - [`api`] handlers, [`auth`] client keys (and `authorize`, the one authorization extractor), [`metrics`] Prometheus metrics, [`problem`]
 //!   RFC 9457 errors, [`proxy`] the credential-injecting reverse proxy, [`state`] shared state.
 //! - [`notify`]: the re-authentication webhook ([`notify::Notifier`], an event sink).
 //!
@@ -12,6 +12,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+mod authorize;
 pub mod broker;
 pub mod checkpoints;
 pub mod config;

@@ -211,7 +211,7 @@ impl Metrics {
         let mut needing_reauth = 0;
         for summary in summaries {
             let label = CredentialLabel {
-                credential: summary.name.clone(),
+                credential: summary.name.to_string(),
             };
             self.token_expiry
                 .get_or_create(&label)
@@ -229,7 +229,7 @@ impl Metrics {
             if let Some(circuit) = keeper.circuit_state(name) {
                 self.circuit_state
                     .get_or_create(&CredentialLabel {
-                        credential: name.to_owned(),
+                        credential: name.to_string(),
                     })
                     .set(i64::from(circuit.code()));
             }
@@ -273,11 +273,11 @@ impl Metrics {
             std::collections::HashMap::new();
         for session in sessions {
             *by_state
-                .entry((session.site.clone(), session.state.as_str()))
+                .entry((session.site.to_string(), session.state.as_str()))
                 .or_default() += 1;
             if session.leased_by.is_some() {
                 *by_state
-                    .entry((session.site.clone(), "leased"))
+                    .entry((session.site.to_string(), "leased"))
                     .or_default() += 1;
             }
         }

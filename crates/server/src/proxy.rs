@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use authkeeper_core::config::InjectConfig;
 use authkeeper_core::www_authenticate::classify_api_response;
-use authkeeper_core::{AccessToken, ExposeSecret, Keeper, KeeperError, Timestamp};
+use authkeeper_core::{ExposeSecret, Keeper, KeeperError, Timestamp, Token};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
@@ -346,7 +346,7 @@ fn build_request(
     method: &Method,
     target: &Target,
     headers: HeaderMap,
-    token: &AccessToken,
+    token: &Token,
     body: OutgoingBody,
 ) -> Result<Request<OutgoingBody>, Problem> {
     let secret = token.secret().expose_secret();

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, HeaderValue};
@@ -26,6 +25,7 @@ use authkeeper_session::{LeaseError, Outcome, SessionPool, StorageState};
 
 use crate::api::read_json;
 use crate::auth::ClientIdentity;
+use crate::authorize::{Authorized, Lease, Resource as _, Site};
 use crate::problem::{Problem, ProblemType};
 use crate::state::AppState;
 
@@ -71,51 +71,9 @@ fn pool(state: &AppState) -> Result<&SessionPool, Problem> {
     })
 }
 
-/// Checks the site name and the client's right to it (unknown and forbidden sites look alike).
-fn authorize_site(state: &AppState, client: &ClientIdentity, site: &str) -> Result<(), Problem> {
-    if authkeeper_core::store::validate_name(site).is_err() {
-        return Err(Problem::invalid_request(
-            "a site name is 1-128 ASCII letters, digits, '.', '_' or '-'",
-        ));
-    }
-    let configured = state
-        .sessions()
-        .is_some_and(|pool| pool.site_names().any(|name| name == site));
-    if !configured || !client.may_use_site(site) {
-        return Err(Problem::new(
-            ProblemType::Forbidden,
-            "this client key may not use the requested site",
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the lease id's site against the client's rights.
-fn authorize_lease(
-    state: &AppState,
-    client: &ClientIdentity,
-    lease_id: &str,
-) -> Result<(), Problem> {
-    let site = lease_id.split('~').next().unwrap_or_default();
-    if site.is_empty() || lease_id.len() > 400 {
-        return Err(Problem::new(ProblemType::UnknownLease, "no such lease"));
-    }
-    authorize_site(state, client, site)
-        .map_err(|_| Problem::new(ProblemType::UnknownLease, "no such lease"))
-}
-
-/// The pool and the lease id of a heartbeat or release the client may send (a lease of a site
-/// it may not use looks like an unknown lease).
-fn leased<'a>(
-    state: &'a AppState,
-    client: &ClientIdentity,
-    lease_id: Result<Path<String>, PathRejection>,
-) -> Result<(&'a SessionPool, String), Problem> {
-    let unknown = || Problem::new(ProblemType::UnknownLease, "no such lease");
-    let Path(lease_id) = lease_id.map_err(|_| unknown())?;
-    authorize_lease(state, client, &lease_id)?;
-    let pool = pool(state).map_err(|_| unknown())?;
-    Ok((pool, lease_id))
+/// The pool, for a lease the client may use (any other lease looks unknown).
+fn lease_pool(state: &AppState) -> Result<&SessionPool, Problem> {
+    pool(state).map_err(|_| Problem::new(ProblemType::UnknownLease, "no such lease"))
 }
 
 /// The problem for a pool failure. Details carry names only.
@@ -185,24 +143,12 @@ async fn optional_json<T: serde::de::DeserializeOwned + Default>(
 /// `POST /v1/sessions/{site}/lease`.
 pub(crate) async fn lease(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    site: Result<Path<String>, PathRejection>,
+    Authorized { client, name: site }: Authorized<Site>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let Ok(Path(site)) = site else {
-        return Problem::invalid_request("malformed site name").into_response();
-    };
-    if let Err(problem) = authorize_site(&state, &client, &site) {
-        return problem.into_response();
-    }
-    let body: LeaseBody = match optional_json(&headers, body, state.config().max_body).await {
-        Ok(body) => body,
-        Err(problem) => return problem.into_response(),
-    };
-    let Ok(pool) = pool(&state) else {
-        return Problem::new(ProblemType::Forbidden, "no sites configured").into_response();
-    };
+) -> Result<Response, Problem> {
+    let body: LeaseBody = optional_json(&headers, body, state.config().max_body).await?;
+    let pool = pool(&state)?;
     let request = LeaseRequest {
         account: body.account,
         lease_ttl: body.lease_ttl.map(Duration::from_secs),
@@ -211,11 +157,11 @@ pub(crate) async fn lease(
     match pool.lease(&site, &request).await {
         Ok(lease) => {
             tracing::info!(site = %site, session = %lease.session_id, client = %client.name(), "session leased");
-            no_store(axum::Json(&lease).into_response())
+            Ok(no_store(axum::Json(&lease).into_response()))
         }
         Err(error) => {
             tracing::warn!(site = %site, client = %client.name(), error = %error, "session lease refused");
-            problem(&error).into_response()
+            Err(problem(&error))
         }
     }
 }
@@ -223,57 +169,40 @@ pub(crate) async fn lease(
 /// `POST /v1/leases/{lease_id}/heartbeat`.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    lease_id: Result<Path<String>, PathRejection>,
+    Authorized { name: lease_id, .. }: Authorized<Lease>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let (pool, lease_id) = match leased(&state, &client, lease_id) {
-        Ok(found) => found,
-        Err(problem) => return problem.into_response(),
-    };
-    let body: HeartbeatBody = match optional_json(&headers, body, state.config().max_body).await {
-        Ok(body) => body,
-        Err(problem) => return problem.into_response(),
-    };
-    match pool
+) -> Result<Response, Problem> {
+    let pool = lease_pool(&state)?;
+    let body: HeartbeatBody = optional_json(&headers, body, state.config().max_body).await?;
+    let expires_at = pool
         .heartbeat(&lease_id, body.lease_ttl.map(Duration::from_secs))
         .await
-    {
-        Ok(expires_at) => {
-            axum::Json(serde_json::json!({ "lease_expires_at": expires_at.to_rfc3339() }))
-                .into_response()
-        }
-        Err(error) => problem(&error).into_response(),
-    }
+        .map_err(|error| problem(&error))?;
+    Ok(
+        axum::Json(serde_json::json!({ "lease_expires_at": expires_at.to_rfc3339() }))
+            .into_response(),
+    )
 }
 
 /// `POST /v1/leases/{lease_id}/release`.
 pub(crate) async fn release(
     State(state): State<AppState>,
-    Extension(client): Extension<ClientIdentity>,
-    lease_id: Result<Path<String>, PathRejection>,
+    Authorized {
+        client,
+        name: lease_id,
+    }: Authorized<Lease>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let (pool, lease_id) = match leased(&state, &client, lease_id) {
-        Ok(found) => found,
-        Err(problem) => return problem.into_response(),
-    };
-    let body: ReleaseBody = match read_json(&headers, body, state.config().max_body).await {
-        Ok(body) => body,
-        Err(problem) => return problem.into_response(),
-    };
-    match pool
+) -> Result<Response, Problem> {
+    let pool = lease_pool(&state)?;
+    let body: ReleaseBody = read_json(&headers, body, state.config().max_body).await?;
+    let summary = pool
         .release(&lease_id, body.outcome, body.storage_state)
         .await
-    {
-        Ok(summary) => {
-            tracing::info!(session = %summary.session_id, client = %client.name(), outcome = body.outcome.as_str(), state = summary.state.as_str(), "session released");
-            axum::Json(summary).into_response()
-        }
-        Err(error) => problem(&error).into_response(),
-    }
+        .map_err(|error| problem(&error))?;
+    tracing::info!(session = %summary.session_id, client = %client.name(), outcome = body.outcome.as_str(), state = summary.state.as_str(), "session released");
+    Ok(axum::Json(summary).into_response())
 }
 
 /// `GET /v1/sessions`.
@@ -281,26 +210,25 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(client): Extension<ClientIdentity>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> Result<Response, Problem> {
     let Ok(Query(query)) = query else {
-        return Problem::invalid_request("malformed query").into_response();
+        return Err(Problem::invalid_request("malformed query"));
     };
     let Some(pool) = state.sessions() else {
-        return axum::Json(serde_json::json!({ "sessions": [] })).into_response();
+        return Ok(axum::Json(serde_json::json!({ "sessions": [] })).into_response());
     };
-    if let Some(site) = &query.site
-        && let Err(problem) = authorize_site(&state, &client, site)
-    {
-        return problem.into_response();
-    }
-    match pool.list(query.site.as_deref()).await {
-        Ok(sessions) => {
-            let visible: Vec<_> = sessions
-                .into_iter()
-                .filter(|s| client.may_use_site(&s.site))
-                .collect();
-            axum::Json(serde_json::json!({ "sessions": visible })).into_response()
-        }
-        Err(error) => problem(&error).into_response(),
-    }
+    let site = query
+        .site
+        .as_deref()
+        .map(|site| Site::authorize(&state, &client, site))
+        .transpose()?;
+    let sessions = pool
+        .list(site.as_ref().map(|site| site.as_str()))
+        .await
+        .map_err(|error| problem(&error))?;
+    let visible: Vec<_> = sessions
+        .into_iter()
+        .filter(|s| client.may_use_site(&s.site))
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "sessions": visible })).into_response())
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use authkeeper_core::Keeper;
+use authkeeper_core::{Keeper, RecordStore};
 use authkeeper_session::SessionPool;
 
 use crate::auth::{ClientKeyError, ClientKeys};
@@ -79,6 +79,7 @@ pub struct AppState {
 
 struct Inner {
     keeper: Keeper,
+    records: Arc<dyn RecordStore>,
     keys: ClientKeys,
     metrics: Arc<Metrics>,
     proxy: Proxy,
@@ -103,6 +104,7 @@ impl AppState {
     /// `metrics` should be the sink registered on `keeper` so refreshes are counted.
     pub fn new(
         keeper: Keeper,
+        records: Arc<dyn RecordStore>,
         config: ServerConfig,
         clients: &[ClientConfig],
         upstreams: HashMap<String, Upstream>,
@@ -123,6 +125,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 keeper,
+                records,
                 keys,
                 metrics,
                 proxy,
@@ -138,6 +141,11 @@ impl AppState {
     /// The engine.
     pub fn keeper(&self) -> &Keeper {
         &self.inner.keeper
+    }
+
+    /// The record store (checkpoints).
+    pub fn records(&self) -> &Arc<dyn RecordStore> {
+        &self.inner.records
     }
 
     /// The client keys.

@@ -3,6 +3,7 @@
 //! cannot be replayed and of 403s, redirects, header hygiene, injection styles, upstream
 //! failures, streaming, and a 30-second storm of 200 clients across token expiries.
 
+use crate::cred;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,7 @@ use authkeeper_core::config::{CredentialSettings, InjectConfig};
 use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
 use authkeeper_core::policy::RefreshPolicy;
 use authkeeper_core::{
-    ExpiryDefaults, ExposeSecret, Keeper, MemoryStore, SecretString, Store, SystemClock,
-    TokenResponse,
+    ExpiryDefaults, ExposeSecret, Keeper, MemoryStore, Store, SystemClock, TokenResponse,
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use authkeeper_server::proxy::{Proxy, ProxyConfig, ProxyObserver, Upstream};
@@ -56,7 +56,7 @@ fn settings(idp: &MockIdp) -> CredentialSettings {
         client: OAuthClientConfig {
             endpoint: Endpoint::TokenUrl(idp.token_url().parse().expect("url")),
             client_id: "mock-client".into(),
-            client_secret: Some(SecretString::from("mock-secret")),
+            client_secret: Some(authkeeper_core::secret::ClientSecret::from("mock-secret")),
             auth: ClientAuth::ClientSecretBasic,
             scopes: Vec::new(),
             audience: None,
@@ -76,7 +76,7 @@ async fn env(knobs: Knobs, names: &[&str]) -> Env {
         .await
         .expect("mock idp starts");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let mut builder = Keeper::builder(Arc::clone(&store), Arc::clone(&clock));
+    let mut builder = Keeper::builder(store.clone(), Arc::clone(&clock));
     let mut imported = HashMap::new();
     for name in names {
         let response = idp.mint_grant(None, None).expect("grant");
@@ -85,9 +85,11 @@ async fn env(knobs: Knobs, names: &[&str]) -> Env {
         let tokens = TokenResponse::parse_tokens(&body)
             .expect("tokens")
             .into_token_set(now, &ExpiryDefaults::default());
-        let generation = store.put(name, &tokens, now).await.expect("put");
+        let generation = authkeeper_core::store::import(&*store, &cred(name), &tokens, now)
+            .await
+            .expect("put");
         imported.insert((*name).to_owned(), generation);
-        builder = builder.credential(*name, settings(&idp));
+        builder = builder.credential(cred(name), settings(&idp));
     }
     let keeper = builder.build().expect("keeper");
     Env {
@@ -111,7 +113,7 @@ impl Env {
 
     async fn stored_generation(&self, name: &str) -> u64 {
         self.store
-            .load(name)
+            .load(&cred(name))
             .await
             .expect("load")
             .expect("stored")

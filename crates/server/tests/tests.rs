@@ -3,3 +3,8 @@
 
 mod proxy;
 mod server;
+
+/// A credential name the tests know to be valid.
+pub fn cred(name: impl AsRef<str>) -> authkeeper_core::CredentialName {
+    authkeeper_core::CredentialName::new(name.as_ref()).expect("valid credential name")
+}

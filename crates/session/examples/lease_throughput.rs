@@ -55,7 +55,7 @@ async fn run(
     let pool = Arc::new(SessionPool::new(
         store,
         SystemClock::shared(),
-        [("portal".to_owned(), site)],
+        [("portal".parse().expect("site name"), site)],
     )?);
     for i in 0..sessions {
         // A realistic state: 10 cookies of ~100 bytes.

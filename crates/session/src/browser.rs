@@ -38,7 +38,9 @@ use tracing::instrument::WithSubscriber as _;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::login::{LoginError, kill_process_group};
+use authkeeper_login::process::{kill_process, kill_process_group};
+
+use crate::login::LoginError;
 
 /// The environment variable naming the Chromium executable.
 pub const CHROMIUM_ENV: &str = "AUTHKEEPER_CHROMIUM";
@@ -488,12 +490,7 @@ pub fn chromium_processes_with_profile(dir: &Path) -> usize {
 
 fn kill_processes_with_profile(dir: &Path) {
     for pid in processes_with_profile(dir) {
-        if pid > 1 {
-            // SAFETY: kill(2) on a pid; it touches no memory.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
+        kill_process(pid);
     }
 }
 

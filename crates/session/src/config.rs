@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use authkeeper_core::name::AccountName;
 use authkeeper_core::secret_ref::SecretRef;
 use serde::Deserialize;
 use url::Url;
@@ -70,7 +71,7 @@ impl SiteConfig {
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     /// The account's name within the site (letters, digits, `.`, `_`, `-`).
-    pub name: String,
+    pub name: AccountName,
     /// The login name (not a secret), used by `account:username` in a recipe.
     #[serde(default)]
     pub username: Option<String>,

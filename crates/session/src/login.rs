@@ -17,14 +17,13 @@
 //! the last 2 KiB of its stderr are quoted in the error when it fails.
 
 use std::fmt;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use authkeeper_core::ExposeSecret as _;
 use authkeeper_core::secret_ref::{SecretRef, SecretRefError};
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use authkeeper_login::process::{ShellCommand, ShellError, Stderr, run_shell};
 use zeroize::Zeroizing;
 
 use crate::config::{AccountConfig, LoginConfig, SiteConfig};
@@ -325,7 +324,10 @@ impl SessionLogin for CommandLogin {
                         .to_owned(),
                 ),
             ),
-            ("AUTHKEEPER_ACCOUNT", Zeroizing::new(account.name.clone())),
+            (
+                "AUTHKEEPER_ACCOUNT",
+                Zeroizing::new(account.name.to_string()),
+            ),
         ];
         if let Some(username) = &account.username {
             env.push(("AUTHKEEPER_USERNAME", Zeroizing::new(username.clone())));
@@ -361,68 +363,39 @@ fn parse_state(output: &[u8]) -> Result<StorageState, LoginError> {
 /// Runs `command` by `sh -c` in its own process group and returns its stdout.
 ///
 /// On timeout, on error and when the returned future is dropped, the whole group is killed
-/// (SIGKILL) and the shell is reaped.
+/// (SIGKILL) and the shell is reaped (see [`authkeeper_login::process`]).
 async fn run_command(
     command: &str,
     env: &[(&'static str, Zeroizing<String>)],
     timeout: Duration,
 ) -> Result<Zeroizing<Vec<u8>>, LoginError> {
-    let mut process = tokio::process::Command::new("sh");
-    process
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for (key, value) in env {
-        process.env(key, value.as_str());
-    }
-    let mut child = process
-        .spawn()
-        .map_err(|error| LoginError::Command(format!("cannot run sh: {error}")))?;
-    // Kills the group if this future is dropped before the command is reaped.
-    let mut guard = GroupGuard(child.id());
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(LoginError::Command("no stdout/stderr pipe".to_owned()));
+    let shell = ShellCommand {
+        command: command.to_owned(),
+        env: env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect(),
+        timeout,
+        stdout_limit: MAX_COMMAND_STDOUT,
+        stderr: Stderr::Tail(STDERR_TAIL),
     };
-    let run = async {
-        let (stdout, stderr) = tokio::join!(
-            read_capped(stdout, MAX_COMMAND_STDOUT),
-            read_tail(stderr, STDERR_TAIL)
-        );
-        let status = child.wait().await;
-        (stdout, stderr, status)
-    };
-    let outcome = tokio::time::timeout(timeout, run).await;
-    let Ok((stdout, stderr, status)) = outcome else {
-        guard.kill();
-        // The shell is dead (SIGKILL): reaping it takes no time.
-        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        guard.disarm();
-        return Err(LoginError::Timeout(timeout));
-    };
-    // The shell has exited; whatever it left running in its group goes too.
-    guard.kill();
-    guard.disarm();
-    let status =
-        status.map_err(|error| LoginError::Command(format!("cannot wait for sh: {error}")))?;
-    let stderr = stderr.unwrap_or_default();
-    let (stdout, truncated) =
-        stdout.map_err(|error| LoginError::Command(format!("cannot read stdout: {error}")))?;
-    if !status.success() {
+    let output = run_shell(&shell).await.map_err(|error| match error {
+        ShellError::TimedOut(timeout) => LoginError::Timeout(timeout),
+        other => LoginError::Command(other.to_string()),
+    })?;
+    if !output.status.success() {
         return Err(LoginError::Command(format!(
-            "exited with {status}{}",
-            quote_stderr(&stderr)
+            "exited with {}{}",
+            output.status,
+            quote_stderr(&output.stderr_tail)
         )));
     }
-    if truncated {
+    if output.truncated {
         return Err(LoginError::InvalidState(format!(
             "the login command printed more than {MAX_COMMAND_STDOUT} bytes"
         )));
     }
-    Ok(stdout)
+    Ok(output.stdout)
 }
 
 fn quote_stderr(stderr: &str) -> String {
@@ -431,83 +404,6 @@ fn quote_stderr(stderr: &str) -> String {
         String::new()
     } else {
         format!("; stderr: {stderr}")
-    }
-}
-
-/// Reads up to `limit` bytes, then drains the rest; returns whether more was written.
-async fn read_capped(
-    mut reader: impl AsyncRead + Unpin,
-    limit: usize,
-) -> std::io::Result<(Zeroizing<Vec<u8>>, bool)> {
-    let mut output = Zeroizing::new(Vec::new());
-    let mut buffer = Zeroizing::new(vec![0_u8; 16 * 1024]);
-    let mut truncated = false;
-    loop {
-        let read = reader.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok((output, truncated));
-        }
-        let room = limit.saturating_sub(output.len());
-        if read > room {
-            truncated = true;
-        }
-        output.extend_from_slice(&buffer[..read.min(room)]);
-    }
-}
-
-/// Reads everything and keeps the last `keep` bytes, as lossy UTF-8.
-async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Option<String> {
-    let mut tail: Vec<u8> = Vec::new();
-    let mut buffer = vec![0_u8; 8 * 1024];
-    let mut cut = false;
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => {
-                tail.extend_from_slice(&buffer[..read]);
-                if tail.len() > keep {
-                    let excess = tail.len() - keep;
-                    tail.drain(..excess);
-                    cut = true;
-                }
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&tail).into_owned();
-    Some(if cut { format!("…{text}") } else { text })
-}
-
-/// Kills a process group (SIGKILL) when dropped, unless disarmed.
-struct GroupGuard(Option<u32>);
-
-impl GroupGuard {
-    fn kill(&self) {
-        kill_process_group(self.0);
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends SIGKILL to the process group `group` (a child started with `process_group(0)`).
-pub(crate) fn kill_process_group(group: Option<u32>) {
-    let Some(pid) = group.and_then(|id| i32::try_from(id).ok()) else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) with a negative pid signals the process group created for our child
-    // with process_group(0); it touches no memory.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use authkeeper_core::Timestamp;
+use authkeeper_core::name::{AccountName, SessionId, SiteName};
 use serde::{Deserialize, Serialize};
 
 use crate::storage_state::StorageState;
@@ -42,16 +43,16 @@ pub struct LeaseInfo {
     pub expires_at: Timestamp,
 }
 
-/// A browser session record (stored sealed, as JSON, through
-/// [`authkeeper_core::Store::compare_and_put_session`]).
+/// A browser session record (stored sealed, as JSON, in a
+/// [`RecordStore`](authkeeper_core::RecordStore) as record kind `session`, key `SITE/ID`).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
     /// The session id within the site.
-    pub id: String,
+    pub id: SessionId,
     /// The site.
-    pub site: String,
+    pub site: SiteName,
     /// The account it is logged in as.
-    pub account: String,
+    pub account: AccountName,
     /// The proxy URL it was created with (resolved from the account's reference; may hold
     /// credentials: sealed at rest, never logged). Every lease hands it out with the session:
     /// the site keeps seeing one identity.
@@ -148,11 +149,11 @@ pub struct SessionLease {
     /// Pass it to heartbeat and release.
     pub lease_id: String,
     /// The session.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// The site.
-    pub site: String,
+    pub site: SiteName,
     /// The account.
-    pub account: String,
+    pub account: AccountName,
     /// The proxy identity the session must be used with (resolved URL), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,

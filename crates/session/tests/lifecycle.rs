@@ -61,8 +61,12 @@ async fn setup(extra: &str, idle: Duration) -> Setup {
     )
     .expect("store");
     let store: Arc<dyn Store> = Arc::new(store);
-    let pool =
-        SessionPool::new(store, shared, [("portal".to_owned(), site(&app, extra))]).expect("pool");
+    let pool = SessionPool::new(
+        store,
+        shared,
+        [("portal".parse().expect("site name"), site(&app, extra))],
+    )
+    .expect("pool");
     Setup {
         app,
         clock,

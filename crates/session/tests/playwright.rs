@@ -158,7 +158,7 @@ async fn playwright_storage_state_round_trips_and_stays_logged_in() {
     let pool = authkeeper_session::SessionPool::new(
         std::sync::Arc::new(store),
         authkeeper_core::SystemClock::shared(),
-        [("app".to_owned(), site)],
+        [("app".parse().expect("site name"), site)],
     )
     .expect("pool");
     pool.import("app", USER, state.clone())

@@ -44,7 +44,12 @@ fn state_for(account: &str) -> StorageState {
 }
 
 fn pool(store: Arc<dyn Store>, clock: SharedClock, config: SiteConfig) -> SessionPool {
-    SessionPool::new(store, clock, [("portal".to_owned(), config)]).expect("pool")
+    SessionPool::new(
+        store,
+        clock,
+        [("portal".parse().expect("site name"), config)],
+    )
+    .expect("pool")
 }
 
 async fn import_all(pool: &SessionPool, accounts: usize) {
@@ -103,7 +108,7 @@ async fn no_double_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
                     Err(error) => panic!("lease failed: {error}"),
                 };
                 assert!(
-                    held.lock().unwrap().insert(lease.session_id.clone()),
+                    held.lock().unwrap().insert(lease.session_id.to_string()),
                     "session {} leased twice at once",
                     lease.session_id
                 );
@@ -115,7 +120,7 @@ async fn no_double_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
                 for _ in 0..3 {
                     tokio::task::yield_now().await;
                 }
-                assert!(held.lock().unwrap().remove(&lease.session_id));
+                assert!(held.lock().unwrap().remove(lease.session_id.as_str()));
                 pool.release(&lease.lease_id, Outcome::Ok, None)
                     .await
                     .expect("release");
@@ -327,7 +332,7 @@ async fn sessions_are_created_by_login_once_per_slot_and_relogged_after_logged_o
     }
     assert_eq!(leases.len(), 4, "one lease per slot");
     assert_eq!(login.calls.load(Ordering::SeqCst), 4, "one login per slot");
-    let ids: HashSet<_> = leases.iter().map(|l| l.session_id.clone()).collect();
+    let ids: HashSet<String> = leases.iter().map(|l| l.session_id.to_string()).collect();
     assert_eq!(
         ids,
         HashSet::from(["a0.0".into(), "a0.1".into(), "a1.0".into(), "a1.1".into()])

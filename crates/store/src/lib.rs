@@ -4,7 +4,8 @@
 //!   a [`Keyring`] for key rotation.
 //! - [`key`]: where the key comes from (`AUTHKEEPER_KEY`, a key file, or one generated beside
 //!   the store).
-//! - [`sqlite`]: [`SqliteStore`], the embedded [`authkeeper_core::Store`] for one machine.
+//! - [`sqlite`]: [`SqliteStore`], the embedded store for one machine (both
+//!   [`authkeeper_core::CredentialStore`] and [`authkeeper_core::RecordStore`]).
 //! - [`lock`]: the per-credential OS locks behind the SQLite refresh lease.
 //! - [`redis`] (feature `redis`, on by default): [`RedisStore`], the shared store for several
 //!   broker replicas, with a fenced refresh lease and pub/sub change propagation.
@@ -26,7 +27,6 @@
 
 pub mod key;
 pub mod lock;
-mod migrations;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;

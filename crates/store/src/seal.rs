@@ -140,6 +140,15 @@ impl SealError {
     }
 }
 
+/// The record kind of a sealed token set (part of its associated data).
+pub const CREDENTIAL_KIND: &str = "credential";
+/// The record kind of the value that checks the key when a store is opened.
+pub const KEY_CHECK_KIND: &str = "key check";
+/// The name the key-check value is sealed under.
+pub const KEY_CHECK_NAME: &str = "store";
+/// The plaintext of the key-check value.
+pub const KEY_CHECK_PLAINTEXT: &[u8] = b"authkeeper key check v1";
+
 /// The associated data of a sealed value: `b"authkeeper\0" ‖ kind ‖ b"\0" ‖ name`.
 pub fn associated_data(kind: &str, name: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(12 + kind.len() + name.len());

@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use authkeeper_core::{SecretString, Timestamp, TokenSet};
+use authkeeper_core::{Timestamp, TokenSet};
 use authkeeper_store::{Keyring, SealKey, SqliteStore};
 use serde_json::{Map, Value};
 use tempfile::TempDir;
@@ -41,10 +41,16 @@ pub fn planted_tokens(marker: &str) -> TokenSet {
         Value::String(format!("PLANTED-EXTRA-{marker}")),
     );
     TokenSet {
-        access_token: SecretString::from(format!("PLANTED-ACCESS-{marker}")),
+        access_token: authkeeper_core::secret::AccessToken::from(format!(
+            "PLANTED-ACCESS-{marker}"
+        )),
         token_type: "Bearer".to_owned(),
-        refresh_token: Some(SecretString::from(format!("PLANTED-REFRESH-{marker}"))),
-        id_token: Some(SecretString::from(format!("PLANTED-ID-{marker}"))),
+        refresh_token: Some(authkeeper_core::secret::RefreshToken::from(format!(
+            "PLANTED-REFRESH-{marker}"
+        ))),
+        id_token: Some(authkeeper_core::secret::IdToken::from(format!(
+            "PLANTED-ID-{marker}"
+        ))),
         scope: Some("read".to_owned()),
         issued_at: now(),
         expires_at: Timestamp::from_millis(now().as_millis() + 3_600_000),

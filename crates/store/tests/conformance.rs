@@ -1,4 +1,4 @@
-//! The shared Store conformance suite, run on SqliteStore.
+//! The shared conformance suites (credential store and record store), run on SqliteStore.
 
 use authkeeper_store::{Keyring, SealKey, SqliteStore};
 use tempfile::TempDir;
@@ -13,4 +13,5 @@ async fn make() -> (SqliteStore, TempDir) {
     (store, dir)
 }
 
-authkeeper_core::store_conformance_tests!(make);
+authkeeper_core::credential_store_conformance_tests!(make);
+authkeeper_core::record_store_conformance_tests!(make);

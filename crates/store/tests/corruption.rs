@@ -1,10 +1,11 @@
 //! Damaged, foreign or newer files: a clear error, no panic, and the file left as it was.
 
-use authkeeper_core::{Store as _, StoreError};
+use authkeeper_core::{CredentialStore as _, Precondition, StoreError};
 use authkeeper_store::{Keyring, SqliteStore};
 use rusqlite::Connection;
 
 use crate::common::{fixture, key, now, open, planted_tokens, with_suffix};
+use crate::cred;
 
 fn assert_refused_untouched(db: &std::path::Path, expect: &str) {
     let before = std::fs::read(db).expect("bytes");
@@ -43,7 +44,12 @@ async fn a_truncated_store_is_refused() {
     let store = open(&fx.db, &key(1));
     for i in 0..50 {
         store
-            .put(&format!("c{i}"), &planted_tokens(&"x".repeat(200)), now())
+            .put(
+                &cred(format!("c{i}")),
+                Precondition::None,
+                &planted_tokens(&"x".repeat(200)),
+                now(),
+            )
             .await
             .expect("put");
     }
@@ -100,7 +106,7 @@ async fn garbage_rows_are_clear_errors() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("a", &planted_tokens("a"), now())
+        .put(&cred("a"), Precondition::None, &planted_tokens("a"), now())
         .await
         .expect("put");
     Connection::open(&fx.db)
@@ -110,7 +116,7 @@ async fn garbage_rows_are_clear_errors() {
             [],
         )
         .expect("garbage");
-    let err = store.load("a").await.expect_err("bad state");
+    let err = store.load(&cred("a")).await.expect_err("bad state");
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(err.to_string().contains("unknown state"), "{err}");
     assert!(matches!(store.list().await, Err(StoreError::Corrupt(_))));
@@ -130,7 +136,7 @@ async fn garbage_rows_are_clear_errors() {
             [sealed],
         )
         .expect("plant");
-    let err = store.load("a").await.expect_err("bad json");
+    let err = store.load(&cred("a")).await.expect_err("bad json");
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(!err.to_string().contains("PLANTED"), "{err}");
 }

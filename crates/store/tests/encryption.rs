@@ -2,13 +2,16 @@
 
 use std::time::Duration;
 
-use authkeeper_core::{ExposeSecret as _, LeaseAttempt, Store as _, StoreError};
+use authkeeper_core::{
+    CredentialStore as _, ExposeSecret as _, LeaseAttempt, Precondition, StoreError,
+};
 use authkeeper_store::{KeySettings, Keyring, SqliteStore};
 use rusqlite::Connection;
 
 use crate::common::{
     all_files, contains, fixture, key, mode, now, open, planted_tokens, with_suffix,
 };
+use crate::cred;
 
 const NEEDLES: [&str; 4] = [
     "PLANTED-ACCESS-",
@@ -42,19 +45,34 @@ async fn generated_key_and_store_files_are_private_and_hold_no_secret() {
     assert_eq!(store.key_file(), Some(key_file.as_path()));
 
     store
-        .put("crm", &planted_tokens("1"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("1"),
+            now(),
+        )
         .await
         .expect("put");
     store
-        .compare_and_put("crm", 1, None, &planted_tokens("2"), now())
+        .put(
+            &cred("crm"),
+            Precondition::Generation(1),
+            &planted_tokens("2"),
+            now(),
+        )
         .await
         .expect("cas");
     store
-        .put("other", &planted_tokens("3"), now())
+        .put(
+            &cred("other"),
+            Precondition::None,
+            &planted_tokens("3"),
+            now(),
+        )
         .await
         .expect("put");
     let LeaseAttempt::Acquired(lease) = store
-        .try_acquire_lease("crm", "me", now(), Duration::from_secs(30))
+        .try_acquire_lease(&cred("crm"), "me", now(), Duration::from_secs(30))
         .await
         .expect("lease")
     else {
@@ -89,7 +107,11 @@ async fn generated_key_and_store_files_are_private_and_hold_no_secret() {
     let (store, origin) =
         SqliteStore::open_with_settings(&fx.db, &KeySettings::default()).expect("reopen");
     assert!(!origin.was_generated());
-    let loaded = store.load("crm").await.expect("load").expect("stored");
+    let loaded = store
+        .load(&cred("crm"))
+        .await
+        .expect("load")
+        .expect("stored");
     assert_eq!(
         loaded.tokens.access_token.expose_secret(),
         "PLANTED-ACCESS-2"
@@ -102,11 +124,21 @@ async fn a_value_sealed_for_one_name_does_not_open_as_another() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("alice", &planted_tokens("a"), now())
+        .put(
+            &cred("alice"),
+            Precondition::None,
+            &planted_tokens("a"),
+            now(),
+        )
         .await
         .expect("put");
     store
-        .put("bob", &planted_tokens("b"), now())
+        .put(
+            &cred("bob"),
+            Precondition::None,
+            &planted_tokens("b"),
+            now(),
+        )
         .await
         .expect("put");
     {
@@ -114,14 +146,14 @@ async fn a_value_sealed_for_one_name_does_not_open_as_another() {
         raw.execute("UPDATE credentials SET sealed = (SELECT sealed FROM credentials WHERE name = 'alice') WHERE name = 'bob'", [])
             .expect("swap");
     }
-    match store.load("bob").await {
+    match store.load(&cred("bob")).await {
         Err(StoreError::Decrypt { kind, name, reason }) => {
             assert_eq!((kind, name.as_str()), ("credential", "bob"));
             assert!(reason.contains("authentication failed"), "{reason}");
         }
         other => panic!("expected a decrypt error, got {other:?}"),
     }
-    assert!(store.load("alice").await.expect("alice").is_some());
+    assert!(store.load(&cred("alice")).await.expect("alice").is_some());
 }
 
 #[tokio::test]
@@ -129,11 +161,11 @@ async fn tampered_or_garbage_blobs_are_decrypt_errors() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("t", &planted_tokens("t"), now())
+        .put(&cred("t"), Precondition::None, &planted_tokens("t"), now())
         .await
         .expect("put");
     store
-        .put("g", &planted_tokens("g"), now())
+        .put(&cred("g"), Precondition::None, &planted_tokens("g"), now())
         .await
         .expect("put");
     {
@@ -158,9 +190,9 @@ async fn tampered_or_garbage_blobs_are_decrypt_errors() {
         )
         .expect("garbage");
     }
-    let err = store.load("t").await.expect_err("tampered");
+    let err = store.load(&cred("t")).await.expect_err("tampered");
     assert!(matches!(err, StoreError::Decrypt { .. }), "{err:?}");
-    let err = store.load("g").await.expect_err("garbage");
+    let err = store.load(&cred("g")).await.expect_err("garbage");
     assert!(err.to_string().contains("not a sealed value"), "{err}");
     // Listing needs no unsealing.
     assert_eq!(store.list().await.expect("list").len(), 2);
@@ -171,7 +203,12 @@ async fn wrong_key_is_a_clear_error_and_leaves_the_data_intact() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("crm", &planted_tokens("k"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("k"),
+            now(),
+        )
         .await
         .expect("put");
     drop(store);
@@ -204,7 +241,7 @@ async fn wrong_key_is_a_clear_error_and_leaves_the_data_intact() {
             [foreign],
         )
         .expect("plant");
-    let err = store.load("crm").await.expect_err("unknown key id");
+    let err = store.load(&cred("crm")).await.expect_err("unknown key id");
     assert!(
         err.to_string()
             .contains(&format!("no key with id {}", key(3).id())),
@@ -215,13 +252,22 @@ async fn wrong_key_is_a_clear_error_and_leaves_the_data_intact() {
     let fx2 = fixture();
     let store = open(&fx2.db, &key(1));
     store
-        .put("crm", &planted_tokens("k"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("k"),
+            now(),
+        )
         .await
         .expect("put");
     drop(store);
     assert!(SqliteStore::open(&fx2.db, Keyring::new(key(2))).is_err());
     let store = open(&fx2.db, &key(1));
-    let loaded = store.load("crm").await.expect("load").expect("stored");
+    let loaded = store
+        .load(&cred("crm"))
+        .await
+        .expect("load")
+        .expect("stored");
     assert_eq!(
         loaded.tokens.access_token.expose_secret(),
         "PLANTED-ACCESS-k"

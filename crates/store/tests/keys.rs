@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use authkeeper_core::{ExposeSecret as _, Store as _, StoreError};
+use authkeeper_core::{CredentialStore as _, ExposeSecret as _, Precondition, StoreError};
 use authkeeper_store::key::{
     self, KeyError, KeyOrigin, KeySettings, default_key_file, parse_env_key, resolve_key,
 };
@@ -10,6 +10,7 @@ use authkeeper_store::{Keyring, SealKey, SqliteStore};
 use zeroize::Zeroizing;
 
 use crate::common::{fixture, key, now, planted_tokens};
+use crate::cred;
 
 #[test]
 fn bad_env_keys_are_clear_errors_without_the_key() {
@@ -85,7 +86,7 @@ async fn explicit_key_file_is_used_and_must_exist() {
     assert_eq!(origin, KeyOrigin::KeyFile(key_file.clone()));
     assert_eq!(store.key_id(), key(4).id());
     store
-        .put("x", &planted_tokens("x"), now())
+        .put(&cred("x"), Precondition::None, &planted_tokens("x"), now())
         .await
         .expect("put");
     assert!(!default_key_file(&fx.db).exists());
@@ -98,7 +99,12 @@ async fn a_store_whose_key_file_vanished_is_not_silently_rekeyed() {
         SqliteStore::open_with_settings(&fx.db, &KeySettings::default()).expect("open");
     assert!(origin.was_generated());
     store
-        .put("crm", &planted_tokens("v"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("v"),
+            now(),
+        )
         .await
         .expect("put");
     drop(store);
@@ -114,7 +120,11 @@ async fn a_store_whose_key_file_vanished_is_not_silently_rekeyed() {
     std::fs::write(&key_file, saved).expect("restore");
     let (store, _) =
         SqliteStore::open_with_settings(&fx.db, &KeySettings::default()).expect("reopen");
-    let loaded = store.load("crm").await.expect("load").expect("stored");
+    let loaded = store
+        .load(&cred("crm"))
+        .await
+        .expect("load")
+        .expect("stored");
     assert_eq!(
         loaded.tokens.access_token.expose_secret(),
         "PLANTED-ACCESS-v"

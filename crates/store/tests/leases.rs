@@ -8,13 +8,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use authkeeper_core::{
-    ExposeSecret as _, Lease, LeaseAttempt, Store as _, Timestamp, WriteOutcome,
+    CredentialStore as _, ExposeSecret as _, Lease, LeaseAttempt, Precondition, Timestamp,
+    WriteOutcome,
 };
 use authkeeper_store::key::parse_env_key;
 use authkeeper_store::lock::{lock_dir, lock_file_name};
 use authkeeper_store::{Keyring, SqliteStore};
 
 use crate::common::{fixture, key, now, open, planted_tokens};
+use crate::cred;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -26,7 +28,7 @@ async fn acquire(
     ttl: Duration,
 ) -> Lease {
     match store
-        .try_acquire_lease(name, owner, at, ttl)
+        .try_acquire_lease(&cred(name), owner, at, ttl)
         .await
         .expect("try_acquire_lease")
     {
@@ -37,7 +39,7 @@ async fn acquire(
 
 async fn busy_until(store: &SqliteStore, name: &str, owner: &str, at: Timestamp) -> Timestamp {
     match store
-        .try_acquire_lease(name, owner, at, HOUR)
+        .try_acquire_lease(&cred(name), owner, at, HOUR)
         .await
         .expect("try_acquire_lease")
     {
@@ -56,7 +58,12 @@ async fn a_dropped_lease_is_taken_over_at_once() {
     let first = open(&fx.db, &key(1));
     let second = open(&fx.db, &key(1));
     first
-        .put("crm", &planted_tokens("0"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("0"),
+            now(),
+        )
         .await
         .expect("put");
     let dead = acquire(&first, "crm", "dead", now(), HOUR).await;
@@ -70,7 +77,15 @@ async fn a_dropped_lease_is_taken_over_at_once() {
     assert!(next.guard.is_some(), "taken over through the OS lock");
     assert_eq!(
         first
-            .compare_and_put("crm", 1, Some(dead_fence), &planted_tokens("dead"), now())
+            .put(
+                &cred("crm"),
+                Precondition::Fenced {
+                    generation: 1,
+                    fence: dead_fence
+                },
+                &planted_tokens("dead"),
+                now()
+            )
             .await
             .expect("cas"),
         WriteOutcome::Conflict {
@@ -87,9 +102,14 @@ async fn a_hung_holder_is_taken_over_without_the_os_lock_and_fenced_out() {
     let fx = fixture();
     let a = open(&fx.db, &key(1));
     let b = open(&fx.db, &key(1));
-    a.put("crm", &planted_tokens("0"), now())
-        .await
-        .expect("put");
+    a.put(
+        &cred("crm"),
+        Precondition::None,
+        &planted_tokens("0"),
+        now(),
+    )
+    .await
+    .expect("put");
     let hung = acquire(&a, "crm", "hung", now(), Duration::from_secs(10)).await;
     assert_eq!(busy_until(&b, "crm", "b", later(5)).await, later(10));
 
@@ -101,10 +121,12 @@ async fn a_hung_holder_is_taken_over_without_the_os_lock_and_fenced_out() {
     );
     assert!(taker.fence > hung.fence);
     assert_eq!(
-        a.compare_and_put(
-            "crm",
-            1,
-            Some(hung.fence),
+        a.put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: hung.fence
+            },
             &planted_tokens("hung"),
             later(12)
         )
@@ -118,10 +140,12 @@ async fn a_hung_holder_is_taken_over_without_the_os_lock_and_fenced_out() {
     a.release_lease(hung).await.expect("release");
     assert_eq!(busy_until(&a, "crm", "c", later(12)).await, later(41));
     assert_eq!(
-        b.compare_and_put(
-            "crm",
-            1,
-            Some(taker.fence),
+        b.put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: taker.fence
+            },
             &planted_tokens("taker"),
             later(12)
         )
@@ -137,7 +161,7 @@ async fn a_hung_holder_is_taken_over_without_the_os_lock_and_fenced_out() {
     assert!(c.took_over_abandoned);
     assert!(c.fence > taker_fence);
     assert!(c.guard.is_some());
-    let stored = a.load("crm").await.expect("load").expect("stored");
+    let stored = a.load(&cred("crm")).await.expect("load").expect("stored");
     assert_eq!(
         stored.tokens.access_token.expose_secret(),
         "PLANTED-ACCESS-taker"
@@ -171,12 +195,17 @@ async fn two_instances_share_writes_leases_and_change_notifications() {
     let a = open(&fx.db, &key(1));
     let b = open(&fx.db, &key(1));
     assert_eq!(
-        a.put("crm", &planted_tokens("a"), now())
-            .await
-            .expect("put"),
-        1
+        a.put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("a"),
+            now()
+        )
+        .await
+        .expect("put"),
+        WriteOutcome::Written { generation: 1 }
     );
-    let seen = b.load("crm").await.expect("load").expect("stored");
+    let seen = b.load(&cred("crm")).await.expect("load").expect("stored");
     assert_eq!(seen.tokens.access_token.expose_secret(), "PLANTED-ACCESS-a");
 
     let lease = acquire(&a, "crm", "a", now(), HOUR).await;
@@ -185,15 +214,24 @@ async fn two_instances_share_writes_leases_and_change_notifications() {
         let b = b.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            b.wait_for_change("crm", 1, Duration::from_secs(20)).await;
+            b.wait_for_change(&cred("crm"), 1, Duration::from_secs(20))
+                .await;
             started.elapsed()
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        a.compare_and_put("crm", 1, Some(lease.fence), &planted_tokens("a2"), now())
-            .await
-            .expect("cas"),
+        a.put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: lease.fence
+            },
+            &planted_tokens("a2"),
+            now()
+        )
+        .await
+        .expect("cas"),
         WriteOutcome::Written { generation: 2 }
     );
     let waited = waiter.await.expect("waiter");
@@ -202,9 +240,14 @@ async fn two_instances_share_writes_leases_and_change_notifications() {
         "wait_for_change took {waited:?}"
     );
     assert_eq!(
-        b.compare_and_put("crm", 1, None, &planted_tokens("b"), now())
-            .await
-            .expect("cas"),
+        b.put(
+            &cred("crm"),
+            Precondition::Generation(1),
+            &planted_tokens("b"),
+            now()
+        )
+        .await
+        .expect("cas"),
         WriteOutcome::Conflict {
             current_generation: 2
         }
@@ -243,7 +286,12 @@ async fn a_killed_process_releases_its_lease() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("crm", &planted_tokens("0"), now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("0"),
+            now(),
+        )
         .await
         .expect("put");
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
@@ -302,7 +350,7 @@ async fn a_storm_across_three_instances_has_one_holder_at_a_time() {
             loop {
                 assert!(tokio::time::Instant::now() < deadline, "{owner} starved");
                 match store
-                    .try_acquire_lease("storm", &owner, now(), HOUR)
+                    .try_acquire_lease(&cred("storm"), &owner, now(), HOUR)
                     .await
                     .expect("acquire")
                 {

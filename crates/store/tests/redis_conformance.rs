@@ -1,4 +1,4 @@
-//! The shared Store conformance suite, run on RedisStore (each test its own redis-server).
+//! The shared conformance suites (credential store and record store), run on RedisStore (each test its own redis-server).
 
 use authkeeper_store::{Keyring, RedisStore, SealKey};
 
@@ -16,4 +16,5 @@ async fn make() -> (RedisStore, RedisServer) {
     (store, server)
 }
 
-authkeeper_core::store_conformance_tests!(make);
+authkeeper_core::credential_store_conformance_tests!(make);
+authkeeper_core::record_store_conformance_tests!(make);

@@ -5,13 +5,15 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use authkeeper_core::{
-    ExposeSecret as _, LeaseAttempt, Store as _, StoreError, Timestamp, TokenSet, WriteOutcome,
+    CredentialStore as _, ExposeSecret as _, LeaseAttempt, Precondition, StoreError, Timestamp,
+    TokenSet, WriteOutcome,
 };
 use authkeeper_store::redis::ChangeEvent;
-use authkeeper_store::sqlite::CREDENTIAL_KIND;
+use authkeeper_store::seal::CREDENTIAL_KIND;
 use authkeeper_store::{Keyring, RedisOptions, RedisStore, RedisUrl};
 
 use crate::common::{contains, key, planted_tokens};
+use crate::cred;
 use crate::redis_server::RedisServer;
 
 fn wall_now() -> Timestamp {
@@ -48,16 +50,21 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     let replica_b = connect(&server, "ak:").await;
     assert_eq!(
         replica_a
-            .put("crm", &tokens("gen1"), wall_now())
+            .put(
+                &cred("crm"),
+                Precondition::None,
+                &tokens("gen1"),
+                wall_now()
+            )
             .await
             .unwrap(),
-        1
+        WriteOutcome::Written { generation: 1 }
     );
 
     // A takes the lease with a short TTL, then its refresh is slow: it outlives the TTL.
     let ttl = Duration::from_millis(300);
     let LeaseAttempt::Acquired(lease_a) = replica_a
-        .try_acquire_lease("crm", "replica-a", wall_now(), ttl)
+        .try_acquire_lease(&cred("crm"), "replica-a", wall_now(), ttl)
         .await
         .unwrap()
     else {
@@ -68,7 +75,12 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     let mut busy_seen = 0;
     let lease_b = loop {
         match replica_b
-            .try_acquire_lease("crm", "replica-b", wall_now(), Duration::from_secs(30))
+            .try_acquire_lease(
+                &cred("crm"),
+                "replica-b",
+                wall_now(),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap()
         {
@@ -94,14 +106,30 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
 
     // B refreshes and writes under its fence.
     let written = replica_b
-        .compare_and_put("crm", 1, Some(lease_b.fence), &tokens("from-B"), wall_now())
+        .put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: lease_b.fence,
+            },
+            &tokens("from-B"),
+            wall_now(),
+        )
         .await
         .unwrap();
     assert_eq!(written, WriteOutcome::Written { generation: 2 });
 
     // A's IdP call finally returns; its write, fenced by the old lease, is rejected.
     let stale = replica_a
-        .compare_and_put("crm", 1, Some(lease_a.fence), &tokens("from-A"), wall_now())
+        .put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: lease_a.fence,
+            },
+            &tokens("from-A"),
+            wall_now(),
+        )
         .await
         .unwrap();
     println!(
@@ -116,7 +144,15 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     );
     // Even with the right generation, the old fence alone is refused.
     let stale = replica_a
-        .compare_and_put("crm", 2, Some(lease_a.fence), &tokens("from-A"), wall_now())
+        .put(
+            &cred("crm"),
+            Precondition::Fenced {
+                generation: 2,
+                fence: lease_a.fence,
+            },
+            &tokens("from-A"),
+            wall_now(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -137,13 +173,13 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     replica_a.release_lease(lease_a).await.unwrap();
     assert!(matches!(
         replica_a
-            .try_acquire_lease("crm", "replica-c", wall_now(), ttl)
+            .try_acquire_lease(&cred("crm"), "replica-c", wall_now(), ttl)
             .await
             .unwrap(),
         LeaseAttempt::Busy { .. }
     ));
 
-    let stored = replica_a.load("crm").await.unwrap().expect("stored");
+    let stored = replica_a.load(&cred("crm")).await.unwrap().expect("stored");
     assert_eq!(stored.generation, 2);
     assert_eq!(
         stored.tokens.access_token.expose_secret(),
@@ -168,7 +204,7 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     );
     replica_b.release_lease(lease_b).await.unwrap();
     let LeaseAttempt::Acquired(next) = replica_a
-        .try_acquire_lease("crm", "replica-a", wall_now(), ttl)
+        .try_acquire_lease(&cred("crm"), "replica-a", wall_now(), ttl)
         .await
         .unwrap()
     else {
@@ -188,7 +224,10 @@ async fn a_write_wakes_the_other_replica_within_milliseconds() {
         "the waiter is not subscribed after connect"
     );
     let mut changes = waiter.changes();
-    writer.put("p", &tokens("0"), wall_now()).await.unwrap();
+    writer
+        .put(&cred("p"), Precondition::None, &tokens("0"), wall_now())
+        .await
+        .unwrap();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<u64>(1);
     let (woke_tx, mut woke_rx) = tokio::sync::mpsc::channel::<Instant>(1);
     let waiting = tokio::spawn({
@@ -197,7 +236,7 @@ async fn a_write_wakes_the_other_replica_within_milliseconds() {
             for seen in 1..=WRITES {
                 ready_tx.send(seen).await.unwrap();
                 waiter
-                    .wait_for_change("p", seen, Duration::from_secs(5))
+                    .wait_for_change(&cred("p"), seen, Duration::from_secs(5))
                     .await;
                 woke_tx.send(Instant::now()).await.unwrap();
             }
@@ -210,7 +249,12 @@ async fn a_write_wakes_the_other_replica_within_milliseconds() {
         tokio::time::sleep(Duration::from_millis(3)).await;
         let written_at = Instant::now();
         let outcome = writer
-            .compare_and_put("p", generation, None, &tokens("n"), wall_now())
+            .put(
+                &cred("p"),
+                Precondition::Generation(generation),
+                &tokens("n"),
+                wall_now(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -263,7 +307,12 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
         .await
         .unwrap();
     writer
-        .put("r", &tokens("before"), wall_now())
+        .put(
+            &cred("r"),
+            Precondition::None,
+            &tokens("before"),
+            wall_now(),
+        )
         .await
         .unwrap();
     let mut changes = waiter.changes();
@@ -279,17 +328,17 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
         }
     };
     let t = Instant::now();
-    let r = writer.load("r").await.map(|_| ());
+    let r = writer.load(&cred("r")).await.map(|_| ());
     unavailable("load", r, t.elapsed());
     let t = Instant::now();
     let r = writer
-        .put("r", &tokens("lost"), wall_now())
+        .put(&cred("r"), Precondition::None, &tokens("lost"), wall_now())
         .await
         .map(|_| ());
     unavailable("put", r, t.elapsed());
     let t = Instant::now();
     let r = writer
-        .try_acquire_lease("r", "me", wall_now(), Duration::from_secs(10))
+        .try_acquire_lease(&cred("r"), "me", wall_now(), Duration::from_secs(10))
         .await
         .map(|_| ());
     let message = unavailable("try_acquire_lease", r, t.elapsed());
@@ -299,7 +348,7 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
     unavailable("list", r, t.elapsed());
     let t = Instant::now();
     waiter
-        .wait_for_change("r", 1, Duration::from_millis(300))
+        .wait_for_change(&cred("r"), 1, Duration::from_millis(300))
         .await;
     assert!(
         t.elapsed() < Duration::from_millis(300) + bound,
@@ -313,7 +362,7 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
     let down_at = Instant::now();
     server.restart();
     let recovered = loop {
-        match writer.load("r").await {
+        match writer.load(&cred("r")).await {
             Ok(stored) => break stored,
             Err(e) => {
                 assert!(
@@ -358,13 +407,15 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
         let waiter = waiter.clone();
         async move {
             let t = Instant::now();
-            waiter.wait_for_change("r", 1, Duration::from_secs(5)).await;
+            waiter
+                .wait_for_change(&cred("r"), 1, Duration::from_secs(5))
+                .await;
             t.elapsed()
         }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let lease = match writer
-        .try_acquire_lease("r", "me", wall_now(), Duration::from_secs(10))
+        .try_acquire_lease(&cred("r"), "me", wall_now(), Duration::from_secs(10))
         .await
         .unwrap()
     {
@@ -372,7 +423,15 @@ async fn a_redis_restart_fails_fast_and_recovers_by_itself() {
         LeaseAttempt::Busy { .. } => panic!("busy after restart"),
     };
     let outcome = writer
-        .compare_and_put("r", 1, Some(lease.fence), &tokens("after"), wall_now())
+        .put(
+            &cred("r"),
+            Precondition::Fenced {
+                generation: 1,
+                fence: lease.fence,
+            },
+            &tokens("after"),
+            wall_now(),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, WriteOutcome::Written { generation: 2 });
@@ -389,9 +448,11 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
     let server = RedisServer::start();
     let store = connect(&server, "ak:").await;
     let planted = planted_tokens("redis");
-    store.put("crm", &planted, wall_now()).await.unwrap();
+    authkeeper_core::store::import(&store, &cred("crm"), &planted, wall_now())
+        .await
+        .unwrap();
     let lease = match store
-        .try_acquire_lease("crm", "me", wall_now(), Duration::from_secs(30))
+        .try_acquire_lease(&cred("crm"), "me", wall_now(), Duration::from_secs(30))
         .await
         .unwrap()
     {
@@ -411,6 +472,7 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
         [
             "ak:index",
             "ak:key-check",
+            "ak:layout",
             "ak:{cred:crm}:lease",
             "ak:{cred:crm}:state"
         ]
@@ -475,7 +537,7 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
         .await
         .unwrap();
     assert!(matches!(
-        store.load("copy").await,
+        store.load(&cred("copy")).await,
         Err(StoreError::Decrypt { .. })
     ));
 
@@ -534,7 +596,12 @@ async fn a_password_never_shows() {
         .await
         .unwrap();
     store
-        .put("crm", &planted_tokens("pw"), wall_now())
+        .put(
+            &cred("crm"),
+            Precondition::None,
+            &planted_tokens("pw"),
+            wall_now(),
+        )
         .await
         .unwrap();
     let mut shown = vec![
@@ -563,7 +630,7 @@ async fn a_password_never_shows() {
     shown.push(format!("{err} / {err:?}"));
 
     drop(server);
-    let err = store.load("crm").await.unwrap_err();
+    let err = store.load(&cred("crm")).await.unwrap_err();
     shown.push(format!("{err} / {err:?}"));
     shown.push(format!("{:?}", store.health().await));
     for text in &shown {

@@ -1,15 +1,29 @@
 //! Key rotation: the crash-safe rekey, the environment-key variant, and other processes
 //! following a rekey.
 
-use authkeeper_core::{ExposeSecret as _, Store as _, StoreError};
+use authkeeper_core::store::{Expect, RecordKey, RecordKind, RecordStore as _};
+use authkeeper_core::{CredentialStore as _, ExposeSecret as _, Precondition, StoreError};
 use authkeeper_store::key::{self, default_key_file, read_key_file};
 use authkeeper_store::{KeySettings, Keyring, SealKey, SqliteStore};
+
+use crate::cred;
+
+/// The kind checkpoints are stored as (`authkeeper-client`).
+const CHECKPOINT: RecordKind = RecordKind::new("checkpoint");
+
+fn job() -> RecordKey {
+    RecordKey::from_segments("job", None).expect("valid key")
+}
 
 use crate::common::{fixture, key, now, open, planted_tokens};
 
 async fn assert_readable(store: &SqliteStore, names: &[&str]) {
     for name in names {
-        let loaded = store.load(name).await.expect("load").expect("stored");
+        let loaded = store
+            .load(&cred(name))
+            .await
+            .expect("load")
+            .expect("stored");
         assert_eq!(
             loaded.tokens.access_token.expose_secret(),
             &format!("PLANTED-ACCESS-{name}")
@@ -29,20 +43,25 @@ async fn rekey_with_a_key_file_drops_the_old_key() {
         .clone();
     for name in ["a", "b", "c"] {
         store
-            .put(name, &planted_tokens(name), now())
+            .put(
+                &cred(name),
+                Precondition::None,
+                &planted_tokens(name),
+                now(),
+            )
             .await
             .expect("put");
     }
     store
-        .put_checkpoint("job", br#"{"done":75}"#, now())
+        .compare_and_put(CHECKPOINT, &job(), Expect::Any, br#"{"done":75}"#, now())
         .await
-        .expect("put_checkpoint");
+        .expect("put a checkpoint");
     let new = SealKey::generate();
     assert_eq!(store.rekey(new.clone()).await.expect("rekey"), 3);
     assert_eq!(store.key_id(), new.id());
     assert_readable(&store, &["a", "b", "c"]).await;
     store
-        .put("d", &planted_tokens("d"), now())
+        .put(&cred("d"), Precondition::None, &planted_tokens("d"), now())
         .await
         .expect("put");
     drop(store);
@@ -60,7 +79,7 @@ async fn rekey_with_a_key_file_drops_the_old_key() {
     let store = SqliteStore::open(&fx.db, Keyring::new(new)).expect("new key alone");
     assert_readable(&store, &["a", "b", "c", "d"]).await;
     let checkpoint = store
-        .get_checkpoint("job")
+        .get(CHECKPOINT, &job())
         .await
         .expect("checkpoints are re-sealed with the new key")
         .expect("checkpoint kept");
@@ -76,7 +95,7 @@ async fn a_crash_between_rekey_steps_leaves_everything_readable() {
     key::write_key_file(&key_file, &Keyring::new(old.clone())).expect("key file");
     let store = SqliteStore::open_with_key_file(&fx.db, &key_file).expect("open");
     store
-        .put("a", &planted_tokens("a"), now())
+        .put(&cred("a"), Precondition::None, &planted_tokens("a"), now())
         .await
         .expect("put");
     drop(store);
@@ -90,7 +109,7 @@ async fn a_crash_between_rekey_steps_leaves_everything_readable() {
     let store = SqliteStore::open_with_key_file(&fx.db, &key_file).expect("open after step 1");
     assert_readable(&store, &["a"]).await;
     store
-        .put("b", &planted_tokens("b"), now())
+        .put(&cred("b"), Precondition::None, &planted_tokens("b"), now())
         .await
         .expect("put");
     drop(store);
@@ -119,7 +138,7 @@ async fn rekey_with_an_env_key_reseals_and_leaves_switching_to_the_caller() {
     let fx = fixture();
     let store = open(&fx.db, &key(1));
     store
-        .put("a", &planted_tokens("a"), now())
+        .put(&cred("a"), Precondition::None, &planted_tokens("a"), now())
         .await
         .expect("put");
     assert_eq!(store.rekey(key(2)).await.expect("rekey"), 1);
@@ -138,7 +157,7 @@ async fn another_process_follows_a_rekey_through_the_key_file() {
     let (other, _) =
         SqliteStore::open_with_settings(&fx.db, &KeySettings::default()).expect("open");
     rekeyer
-        .put("a", &planted_tokens("a"), now())
+        .put(&cred("a"), Precondition::None, &planted_tokens("a"), now())
         .await
         .expect("put");
     let new = SealKey::generate();
@@ -146,7 +165,7 @@ async fn another_process_follows_a_rekey_through_the_key_file() {
     // The other instance still has the old key in memory: it reloads the key file on demand.
     assert_readable(&other, &["a"]).await;
     other
-        .put("b", &planted_tokens("b"), now())
+        .put(&cred("b"), Precondition::None, &planted_tokens("b"), now())
         .await
         .expect("put");
     assert_eq!(other.key_id(), new.id());

@@ -6,13 +6,18 @@ mod corruption;
 mod encryption;
 mod keys;
 mod leases;
+mod records;
 #[cfg(feature = "redis")]
 mod redis_conformance;
 #[cfg(feature = "redis")]
-mod redis_server;
+mod redis_records;
 #[cfg(feature = "redis")]
-mod redis_sessions;
+mod redis_server;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod rekey;
-mod sessions;
+
+/// A credential name the tests know to be valid.
+pub fn cred(name: impl AsRef<str>) -> authkeeper_core::CredentialName {
+    authkeeper_core::CredentialName::new(name.as_ref()).expect("valid credential name")
+}

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use authkeeper_core::config::CredentialSettings;
 use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
+use authkeeper_core::name::CredentialName;
 use authkeeper_core::policy::RefreshPolicy;
+use authkeeper_core::secret::ClientSecret;
 use authkeeper_core::{
-    Clock as _, Event, ExpiryDefaults, ExposeSecret, Keeper, SecretString, Store, SystemClock,
-    TokenResponse,
+    Clock as _, Event, ExpiryDefaults, ExposeSecret, Keeper, Store, SystemClock, TokenResponse,
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use authkeeper_store::{KeySettings, SqliteStore};
@@ -72,12 +73,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let now = SystemClock::new().now();
     let tokens =
         TokenResponse::parse_tokens(&grant)?.into_token_set(now, &ExpiryDefaults::default());
-    store.put(NAME, &tokens, now).await?;
+    let name = CredentialName::new(NAME)?;
+    authkeeper_core::store::import(&*store, &name, &tokens, now).await?;
 
     let generation = Arc::new(AtomicU64::new(1));
     let seen_generation = Arc::clone(&generation);
-    let keeper = Keeper::builder(Arc::clone(&store), SystemClock::shared())
-        .credential(NAME, settings(&idp)?)
+    let keeper = Keeper::builder(store.clone(), SystemClock::shared())
+        .credential(name.clone(), settings(&idp)?)
         .event_sink(Arc::new(move |event: &Event<'_>| {
             if let Event::Refreshed { generation, .. } = event {
                 seen_generation.fetch_max(*generation, Ordering::Relaxed);
@@ -123,7 +125,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     keeper.shutdown().await;
     let elapsed = started.elapsed().as_secs_f64();
     let stats = idp.stats();
-    let stored_generation = store.load(NAME).await?.map_or(0, |c| c.generation);
+    let stored_generation = store.load(&name).await?.map_or(0, |c| c.generation);
     let generations = stored_generation.saturating_sub(1);
     let grant_alive = stats.grants.iter().all(|g| g.alive) && stats.grants_revoked == 0;
     let requests = counters.requests.load(Ordering::Relaxed);
@@ -161,7 +163,7 @@ fn settings(idp: &MockIdp) -> anyhow::Result<CredentialSettings> {
         client: OAuthClientConfig {
             endpoint: Endpoint::TokenUrl(idp.token_url().parse()?),
             client_id: "mock-client".into(),
-            client_secret: Some(SecretString::from("mock-secret")),
+            client_secret: Some(ClientSecret::from("mock-secret")),
             auth: ClientAuth::ClientSecretBasic,
             scopes: Vec::new(),
             audience: None,

@@ -20,7 +20,8 @@ use std::time::Duration;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context as _;
-use authkeeper_core::{Event, ExposeSecret as _, Keeper, KeeperSettings};
+use authkeeper_core::name::{CredentialName, TaskName};
+use authkeeper_core::{Event, ExposeSecret as _, Keeper, KeeperSettings, RecordStore};
 use authkeeper_server::config::{ClientConfig, Listen, ServerConfig};
 use authkeeper_server::{Broker, BrokerConfig, NewKey, upstreams_from};
 use tokio::signal::unix::{SignalKind, signal};
@@ -62,18 +63,24 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
         }
         _ => {}
     });
-    let keeper =
-        context.keeper_with_sinks(store, &[&args.name], KeeperSettings::default(), vec![sink])?;
+    let keeper = context.keeper_with_sinks(
+        store.clone(),
+        &[&args.name],
+        KeeperSettings::default(),
+        vec![sink],
+    )?;
     let first = keeper.token(&args.name, Duration::ZERO).await?;
     let dir = RuntimeDir::create()?;
     let token_file = dir.path().join("token");
     write_atomically(&token_file, first.secret().expose_secret())?;
-    let task = args.task.clone().unwrap_or_else(|| args.name.clone());
-    authkeeper_core::store::validate_name(&task).context("invalid --task")?;
+    let task = match &args.task {
+        Some(task) => task.clone(),
+        None => TaskName::new(&args.name)?,
+    };
     let key = NewKey::generate();
     let broker = Broker::start(
         keeper.clone(),
-        private_broker(&context, &args.name, &task, &key),
+        private_broker(&context, store.clone(), &args.name, &task, &key),
     )
     .await
     .context("cannot start the private broker for the child")?;
@@ -91,11 +98,11 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
     let mut child = tokio::process::Command::new(program)
         .args(program_args)
         .env("AUTHKEEPER_TOKEN_FILE", &token_file)
-        .env("AUTHKEEPER_CREDENTIAL", &args.name)
+        .env("AUTHKEEPER_CREDENTIAL", args.name.as_str())
         .env("AUTHKEEPER_URL", broker.url())
         .env("AUTHKEEPER_API_KEY", key.expose_key())
         .env(
-            authkeeper_core::checkpoint::CHECKPOINT_URL_ENV,
+            authkeeper_client::CHECKPOINT_URL_ENV,
             format!("{}/v1/checkpoints/{task}", broker.url()),
         )
         .spawn()
@@ -128,7 +135,13 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
 
 /// A broker on a free loopback port whose only client is `key`, limited to `name` and the
 /// checkpoint of `task`.
-fn private_broker(context: &Context, name: &str, task: &str, key: &NewKey) -> BrokerConfig {
+fn private_broker(
+    context: &Context,
+    records: Arc<dyn RecordStore>,
+    name: &str,
+    task: &str,
+    key: &NewKey,
+) -> BrokerConfig {
     let mut credentials = context.config.credentials.clone();
     credentials.retain(|configured, _| configured == name);
     BrokerConfig {
@@ -147,7 +160,7 @@ fn private_broker(context: &Context, name: &str, task: &str, key: &NewKey) -> Br
         metrics: None,
         heartbeat: true,
         readiness_probe: None,
-        ..BrokerConfig::default()
+        ..BrokerConfig::new(records)
     }
 }
 
@@ -185,7 +198,7 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 /// Rewrites the token file whenever a new generation is stored.
 async fn keep_fresh(
     keeper: Keeper,
-    name: String,
+    name: CredentialName,
     path: PathBuf,
     mut written: u64,
     mut changed: watch::Receiver<u64>,

@@ -15,7 +15,6 @@ const MAX_INPUT: u64 = 1 << 20;
 
 pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    authkeeper_core::store::validate_name(&args.name)?;
     let expiry = match context.config.credentials.get(&args.name) {
         Some(credential) => ExpiryDefaults {
             default_lifetime: credential.default_ttl,
@@ -42,7 +41,7 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCo
     let has_refresh = tokens.refresh_token.is_some();
     let expires_at = tokens.expires_at;
     let store = context.open_store().await?;
-    let generation = store.put(&args.name, &tokens, now).await?;
+    let generation = authkeeper_core::store::import(&*store, &args.name, &tokens, now).await?;
     if args.json {
         println!(
             "{}",

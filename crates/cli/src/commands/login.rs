@@ -17,11 +17,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use authkeeper_core::config::LoginMethod;
 use authkeeper_core::grant::{GrantKind, GrantRequest, OAuthClient};
-use authkeeper_core::login::{
+use authkeeper_core::{ErrorClass, KeeperError, SystemClock, TokenResponse};
+use authkeeper_login::{
     DeviceAuthorization, DeviceEvent, LoginClient, LoginCommand, LoginError, LoginSettings,
     PkceOptions, PollOptions, run_login_command,
 };
-use authkeeper_core::{ErrorClass, KeeperError, SystemClock, TokenResponse};
 use clap::ValueEnum;
 
 use crate::cli::GlobalArgs;
@@ -31,7 +31,7 @@ use crate::context::Context;
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
     /// The credential.
-    pub name: String,
+    pub name: authkeeper_core::name::CredentialName,
     /// Login method, overriding the credential's `login.method`.
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
@@ -79,12 +79,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    authkeeper_core::store::validate_name(&args.name)?;
     let credential = context
         .config
         .credentials
         .get(&args.name)
-        .ok_or_else(|| KeeperError::UnknownCredential(args.name.clone()))?;
+        .ok_or_else(|| KeeperError::UnknownCredential(args.name.to_string()))?;
     let settings = credential.resolve(&args.name)?;
     let login = LoginSettings::from_config(&args.name, credential)?;
     // Open the store first: a missing key should fail before the user goes through a login.
@@ -136,7 +135,7 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCod
     let tokens = response.into_token_set(now, &settings.expiry);
     let has_refresh = tokens.refresh_token.is_some();
     let expires_at = tokens.expires_at;
-    let generation = store.put(&args.name, &tokens, now).await?;
+    let generation = authkeeper_core::store::import(&*store, &args.name, &tokens, now).await?;
     let method_name = method.map_or("client_credentials", LoginMethod::as_str);
     if args.json {
         println!(

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use authkeeper_core::SystemClock;
 use authkeeper_core::grant::OAuthClient;
-use authkeeper_core::login::{LoginClient, LoginSettings, TokenTypeHint};
+use authkeeper_login::{LoginClient, LoginSettings, TokenTypeHint};
 
 use crate::cli::GlobalArgs;
 use crate::context::Context;
@@ -17,7 +17,7 @@ use crate::context::Context;
 #[derive(Debug, clap::Args)]
 pub struct LogoutArgs {
     /// The credential.
-    pub name: String,
+    pub name: authkeeper_core::name::CredentialName,
     /// Only delete the stored tokens; do not revoke them at the provider.
     #[arg(long)]
     pub local_only: bool,
@@ -52,7 +52,6 @@ impl Revocation {
 
 pub async fn run(global: &GlobalArgs, args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
-    authkeeper_core::store::validate_name(&args.name)?;
     let store = context.open_store().await?;
     let stored = store.load(&args.name).await?;
     let mut revoked: Vec<&'static str> = Vec::new();

@@ -1,12 +1,14 @@
 //! One module per command.
 
 mod debug;
+#[cfg(feature = "demo")]
 mod demo;
 mod exec;
 mod import;
 mod keys;
 pub mod login;
 pub mod logout;
+#[cfg(feature = "demo")]
 mod mock_idp;
 mod rekey;
 mod serve;
@@ -25,7 +27,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Rekey(args) => rekey::run(&cli.global, args).await,
+        #[cfg(feature = "demo")]
         Command::MockIdp(args) => mock_idp::run(args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Exec(args) => exec::run(&cli.global, args).await,
         Command::Serve(args) => serve::run(&cli.global, args).await,

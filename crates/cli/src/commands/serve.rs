@@ -58,6 +58,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
     let session_maintenance = sessions.as_ref().map(|_| maintenance_interval(&context));
     let config = BrokerConfig {
         server,
+        records: backend.shared(),
         clients: context.config.clients.clone(),
         upstreams: upstreams_from(&context.config.credentials),
         metrics: Some(metrics),
@@ -108,7 +109,7 @@ fn notifier(context: &Context) -> anyhow::Result<Option<SharedSink>> {
         .credentials
         .keys()
         .filter(|name| reauth.plan(name).is_some_and(|p| p.method.is_automatic()))
-        .cloned()
+        .map(|name| name.to_string())
         .collect();
     let notifier = authkeeper_server::notify::Notifier::start(
         config,

@@ -7,13 +7,15 @@ use authkeeper_core::CredentialSummary;
 use serde_json::json;
 
 use super::seconds_until;
+use authkeeper_core::name::CredentialName;
+
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::context::Context;
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let context = Context::load(global)?;
     let store = context.open_store().await?;
-    let mut rows: BTreeMap<String, Option<CredentialSummary>> = context
+    let mut rows: BTreeMap<CredentialName, Option<CredentialSummary>> = context
         .config
         .credentials
         .keys()
@@ -28,7 +30,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCo
             .map(|(name, summary)| match summary {
                 Some(s) => json!({
                     "name": name,
-                    "configured": context.config.credentials.contains_key(name),
+                    "configured": context.config.credentials.contains_key(name.as_str()),
                     "state": s.status.state,
                     "generation": s.generation,
                     "expires_at": s.expires_at.to_rfc3339(),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::{Entry, Keeper};
 use crate::clock::Timestamp;
 use crate::events::Event;
+use crate::name::CredentialName;
 use crate::reauth::{ReauthRequest, ReauthTrigger, Reauthenticator};
 use crate::store::CredentialState;
 
@@ -23,7 +24,7 @@ struct Done {
 /// The installed reauthenticator and the heartbeat's bookkeeping.
 pub(super) struct ReauthHook {
     reauthenticator: Arc<dyn Reauthenticator>,
-    done: Mutex<HashMap<Arc<str>, Done>>,
+    done: Mutex<HashMap<CredentialName, Done>>,
 }
 
 impl ReauthHook {
@@ -36,8 +37,8 @@ impl ReauthHook {
 }
 
 impl Keeper {
-    /// Reports an event to the Keeper's sinks (for the reauthenticator).
-    pub(crate) fn emit_event(&self, event: Event<'_>) {
+    /// Reports an event to the Keeper's sinks (reauthenticators report their runs with it).
+    pub fn emit_event(&self, event: Event<'_>) {
         self.emit(event);
     }
 
@@ -50,7 +51,7 @@ impl Keeper {
         hook.reauthenticator.start(
             self,
             ReauthRequest {
-                name: entry.name.to_string(),
+                name: entry.name.clone(),
                 generation,
                 reason: reason.to_owned(),
                 trigger: ReauthTrigger::RefreshFailed,
@@ -73,7 +74,7 @@ impl Keeper {
         let generation = current.generation;
         let expires_at = schedule.session_expires_at;
         let mut done = hook.done.lock().unwrap_or_else(|p| p.into_inner());
-        let done = done.entry(Arc::clone(&entry.name)).or_default();
+        let done = done.entry(entry.name.clone()).or_default();
         if now >= expires_at {
             if done.expired < generation {
                 done.expired = generation;
@@ -88,7 +89,7 @@ impl Keeper {
             return Some(schedule.relogin_at);
         }
         done.relogin = generation;
-        let name = &*entry.name;
+        let name = &entry.name;
         self.emit(Event::ReloginDue {
             name,
             expires_at,
@@ -97,7 +98,7 @@ impl Keeper {
         hook.reauthenticator.start(
             self,
             ReauthRequest {
-                name: name.to_owned(),
+                name: name.clone(),
                 generation,
                 reason: format!("the session expires at {}", expires_at.to_rfc3339()),
                 trigger: ReauthTrigger::SessionExpiring { expires_at },
@@ -115,7 +116,7 @@ impl Keeper {
         let keeper = self.clone();
         let entry = Arc::clone(entry);
         runtime.spawn(async move {
-            let name = &*entry.name;
+            let name = &entry.name;
             let reason = format!(
                 "needs_reauth: the session reached its absolute lifetime at {}",
                 expires_at.to_rfc3339()

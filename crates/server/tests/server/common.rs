@@ -1,5 +1,6 @@
 //! A test broker: mock IdP, SQLite store in a temp dir, two credentials, two clients.
 
+use crate::cred;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,13 +80,15 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
         let tokens = TokenResponse::parse_tokens(&grant)
             .expect("tokens")
             .into_token_set(now, &ExpiryDefaults::default());
-        store.put(name, &tokens, now).await.expect("put");
+        authkeeper_core::store::import(&*store, &cred(name), &tokens, now)
+            .await
+            .expect("put");
     }
     let metrics = Arc::new(Metrics::new());
     let config = credential(&idp);
-    let keeper = Keeper::builder(Arc::clone(&store), SystemClock::shared())
-        .credential("crm", config.resolve("crm").expect("settings"))
-        .credential("other", config.resolve("other").expect("settings"))
+    let keeper = Keeper::builder(store.clone(), SystemClock::shared())
+        .credential(cred("crm"), config.resolve("crm").expect("settings"))
+        .credential(cred("other"), config.resolve("other").expect("settings"))
         .event_sink(metrics.clone())
         .build()
         .expect("keeper");
@@ -110,7 +113,7 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
             metrics: Some(metrics),
             heartbeat: true,
             readiness_probe: None,
-            ..BrokerConfig::default()
+            ..BrokerConfig::new(store.clone())
         },
     )
     .await

@@ -2,6 +2,7 @@
 //! refresh-token rotation and reuse revocation: no 401 reaches a client, exactly one refresh
 //! per generation, no refresh token reused, the grant survives.
 
+use crate::cred;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,7 +54,12 @@ async fn two_hundred_clients_never_see_a_401() {
     // The heartbeat also keeps `other` fresh: count the generations of both credentials.
     let mut generations = 0;
     for name in ["crm", "other"] {
-        let stored = t.store.load(name).await.expect("load").expect("stored");
+        let stored = t
+            .store
+            .load(&cred(name))
+            .await
+            .expect("load")
+            .expect("stored");
         generations += stored.generation - 1;
     }
     let calls = counts.calls.load(Ordering::Relaxed);

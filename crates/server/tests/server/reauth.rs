@@ -4,14 +4,15 @@
 //! the store, as `authkeeper import` in another process does), and workers continue from their
 //! checkpoint.
 
+use crate::cred;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authkeeper_core::reauth::{LoginReauthenticator, ReauthSettings};
 use authkeeper_core::{
     Clock as _, ExpiryDefaults, Keeper, Store, SystemClock, TokenResponse, TokenSet,
 };
+use authkeeper_login::reauth::{LoginReauthenticator, ReauthSettings};
 use authkeeper_mock::{MockConfig, MockIdp};
 use authkeeper_server::notify::{Notifier, NotifyConfig, SIGNATURE_HEADER, sign};
 use authkeeper_server::{Broker, BrokerConfig, Listen, Metrics, ServerConfig};
@@ -87,10 +88,12 @@ async fn start(hook_url: &str) -> (Fixture, String) {
     let grant = idp.mint_grant(None, None).unwrap();
     let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
     let now = SystemClock::new().now();
-    store.put("crm", &tokens_of(&grant), now).await.unwrap();
+    authkeeper_core::store::import(&*store, &cred("crm"), &tokens_of(&grant), now)
+        .await
+        .unwrap();
     let config = credential(&idp);
     let mut credentials = std::collections::BTreeMap::new();
-    credentials.insert("crm".to_owned(), config.clone());
+    credentials.insert(cred("crm"), config.clone());
     let reauth =
         LoginReauthenticator::from_config(&credentials, ReauthSettings::default()).unwrap();
     let notify: NotifyConfig = serde_json::from_value(json!({
@@ -101,8 +104,8 @@ async fn start(hook_url: &str) -> (Fixture, String) {
     .unwrap();
     let notifier = Notifier::start(&notify, HashSet::new(), SystemClock::shared()).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let keeper = Keeper::builder(Arc::clone(&store), SystemClock::shared())
-        .credential("crm", config.resolve("crm").unwrap())
+    let keeper = Keeper::builder(store.clone(), SystemClock::shared())
+        .credential(cred("crm"), config.resolve("crm").unwrap())
         .event_sink(metrics.clone())
         .event_sink(notifier)
         .reauthenticator(Arc::new(reauth))
@@ -128,7 +131,7 @@ async fn start(hook_url: &str) -> (Fixture, String) {
             metrics: Some(metrics),
             heartbeat: true,
             readiness_probe: None,
-            ..BrokerConfig::default()
+            ..BrokerConfig::new(store.clone())
         },
     )
     .await
@@ -344,11 +347,14 @@ async fn revoked_grant_notifies_and_wait_callers_resume_from_the_checkpoint() {
     // The scripted re-login: a new grant imported through the store (another process).
     let old_generation = status["generation"].as_u64().unwrap();
     let grant = t.idp.mint_grant(None, None).unwrap();
-    let generation = t
-        .store
-        .put("crm", &tokens_of(&grant), SystemClock::new().now())
-        .await
-        .unwrap();
+    let generation = authkeeper_core::store::import(
+        &*t.store,
+        &cred("crm"),
+        &tokens_of(&grant),
+        SystemClock::new().now(),
+    )
+    .await
+    .unwrap();
     assert!(generation > old_generation);
     for waiter in waiters {
         let response = tokio::time::timeout(Duration::from_secs(10), waiter)

@@ -46,7 +46,7 @@ async fn start(accounts: usize) -> Sessions {
         SessionPool::new(
             store.clone(),
             SystemClock::shared(),
-            [("portal".to_owned(), site)],
+            [("portal".parse().expect("site name"), site)],
         )
         .expect("pool"),
     );
@@ -56,7 +56,7 @@ async fn start(accounts: usize) -> Sessions {
             .await
             .expect("import");
     }
-    let keeper = Keeper::builder(store, SystemClock::shared())
+    let keeper = Keeper::builder(store.clone(), SystemClock::shared())
         .build()
         .expect("keeper");
     let client = |name: &str, key: &str, sites: &[&str]| ClientConfig {
@@ -78,7 +78,7 @@ async fn start(accounts: usize) -> Sessions {
                 client("outsider", OUTSIDER, &[]),
             ],
             sessions: Some(pool.clone()),
-            ..BrokerConfig::default()
+            ..BrokerConfig::new(store.clone())
         },
     )
     .await

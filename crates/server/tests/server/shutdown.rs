@@ -1,5 +1,6 @@
 //! Graceful shutdown: a refresh in flight completes and is stored before the broker returns.
 
+use crate::cred;
 use std::time::Duration;
 
 use super::common::{KEY_A, knobs, start};
@@ -31,7 +32,12 @@ async fn a_refresh_in_flight_is_stored_before_shutdown_returns() {
     let stopped = tokio::time::Instant::now();
     t.broker.shutdown().await.expect("shutdown");
     assert!(stopped.elapsed() >= Duration::from_millis(500));
-    let stored = t.store.load("crm").await.expect("load").expect("stored");
+    let stored = t
+        .store
+        .load(&cred("crm"))
+        .await
+        .expect("load")
+        .expect("stored");
     assert_eq!(stored.generation, generation + 1, "refreshed tokens stored");
     // The in-flight request was answered with the new token.
     let response = in_flight.await.expect("task").expect("answered");

@@ -75,6 +75,10 @@ pub enum LeaseError {
     /// Too many concurrent writers on the same records: try again.
     #[error("site `{0}`: too much contention on its session records, try again")]
     Contention(String),
+    /// A name built from the configuration is not a valid name (e.g. a session id
+    /// `{account}.{slot}` longer than 128 characters).
+    #[error(transparent)]
+    InvalidName(#[from] authkeeper_core::name::NameError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -77,10 +77,7 @@ impl SessionPool {
             {
                 let mut cleared = session.clone();
                 cleared.lease = None;
-                if records::write(self.store.as_ref(), &cleared, entry.version)
-                    .await?
-                    .is_some()
-                {
+                if self.write_record(&cleared, entry.version).await?.is_some() {
                     report.reclaimed += 1;
                     bump(&self.counters.reclaimed);
                     tracing::info!(site = %site.name, session = %session.id, holder = %lease.holder, "expired session lease reclaimed");
@@ -93,10 +90,7 @@ impl SessionPool {
             if let Some(reason) = policy::expired(session, &site.config.pool, now) {
                 let mut retired = session.clone();
                 policy::retire(&mut retired, reason);
-                if records::write(self.store.as_ref(), &retired, entry.version)
-                    .await?
-                    .is_some()
-                {
+                if self.write_record(&retired, entry.version).await?.is_some() {
                     report.retired += 1;
                     bump(&self.counters.retired);
                 }
@@ -135,7 +129,7 @@ impl SessionPool {
         let mut held = entry.session.clone();
         held.lease =
             Some(self.new_lease(site, &held, JANITOR, now + self.preparation_allowance(site)));
-        let Some(version) = records::write(self.store.as_ref(), &held, entry.version).await? else {
+        let Some(version) = self.write_record(&held, entry.version).await? else {
             return Ok(()); // someone leased it meanwhile
         };
         let mut taken = Versioned {

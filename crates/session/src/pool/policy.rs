@@ -77,9 +77,9 @@ mod tests {
 
     fn session() -> Session {
         Session {
-            id: "alice.0".into(),
-            site: "portal".into(),
-            account: "alice".into(),
+            id: "alice.0".parse().expect("valid"),
+            site: "portal".parse().expect("valid"),
+            account: "alice".parse().expect("valid"),
             proxy: None,
             storage_state: StorageState::default(),
             state: SessionState::Active,

@@ -1,8 +1,16 @@
-//! Session records in the store: JSON documents, versioned, written only over the version read.
+//! Session records in a [`RecordStore`]: kind `session`, key `SITE/ID`, a JSON document
+//! written only over the version read.
 
-use authkeeper_core::{Store, StoreError, StoredSession};
+use authkeeper_core::name::{SessionId, SiteName};
+use authkeeper_core::store::{
+    Expect, Record, RecordKey, RecordKind, RecordStore, decode_json, encode_json,
+};
+use authkeeper_core::{StoreError, Timestamp};
 
 use crate::model::Session;
+
+/// The record kind of browser sessions (part of the sealed value's associated data).
+pub const SESSION: RecordKind = RecordKind::new("session");
 
 /// A session as read, with the version a write must name.
 #[derive(Debug, Clone)]
@@ -12,32 +20,26 @@ pub(crate) struct Versioned {
 }
 
 /// Decodes one record. A record that does not decode is reported, never half-read.
-pub(crate) fn decode(record: &StoredSession) -> Result<Versioned, StoreError> {
-    let session: Session = serde_json::from_slice(&record.data).map_err(|error| {
-        StoreError::Corrupt(format!(
-            "session record {}/{} does not decode (line {}, column {})",
-            record.site,
-            record.id,
-            error.line(),
-            error.column()
-        ))
-    })?;
+fn decode(record: &Record) -> Result<Versioned, StoreError> {
     Ok(Versioned {
-        session,
+        session: decode_json(SESSION, record)?,
         version: record.version,
     })
 }
 
 /// Every session of `site`. Records that fail to decode are skipped with an error log, so one
 /// bad record cannot take the site's pool down.
-pub(crate) async fn load_site(store: &dyn Store, site: &str) -> Result<Vec<Versioned>, StoreError> {
-    let records = store.list_sessions(site).await?;
+pub(crate) async fn load_site(
+    store: &dyn RecordStore,
+    site: &SiteName,
+) -> Result<Vec<Versioned>, StoreError> {
+    let records = store.list_children(SESSION, &RecordKey::new(site)).await?;
     let mut sessions = Vec::with_capacity(records.len());
     for record in &records {
         match decode(record) {
             Ok(versioned) => sessions.push(versioned),
             Err(error) => {
-                tracing::error!(site, session = %record.id, %error, "skipping a session record")
+                tracing::error!(%site, session = %record.key, %error, "skipping a session record")
             }
         }
     }
@@ -46,11 +48,11 @@ pub(crate) async fn load_site(store: &dyn Store, site: &str) -> Result<Vec<Versi
 
 /// One session, or `None`.
 pub(crate) async fn load_one(
-    store: &dyn Store,
-    site: &str,
-    id: &str,
+    store: &dyn RecordStore,
+    site: &SiteName,
+    id: &SessionId,
 ) -> Result<Option<Versioned>, StoreError> {
-    match store.load_session(site, id).await? {
+    match store.get(SESSION, &RecordKey::with_item(site, id)).await? {
         Some(record) => decode(&record).map(Some),
         None => Ok(None),
     }
@@ -58,20 +60,18 @@ pub(crate) async fn load_one(
 
 /// Writes `session` over `expected_version` (0: new). `Ok(None)`: someone else wrote first.
 pub(crate) async fn write(
-    store: &dyn Store,
+    store: &dyn RecordStore,
     session: &Session,
     expected_version: u64,
+    now: Timestamp,
 ) -> Result<Option<u64>, StoreError> {
-    let data = zeroize::Zeroizing::new(serde_json::to_vec(session).map_err(|error| {
-        StoreError::Other {
-            message: format!(
-                "cannot encode session {}/{}: {error}",
-                session.site, session.id
-            ),
-            source: None,
-        }
-    })?);
+    let key = RecordKey::with_item(&session.site, &session.id);
+    let data = encode_json(SESSION, &key, session)?;
+    let expect = match expected_version {
+        0 => Expect::Absent,
+        version => Expect::Version(version),
+    };
     store
-        .compare_and_put_session(&session.site, &session.id, expected_version, &data)
+        .compare_and_put(SESSION, &key, expect, &data, now)
         .await
 }

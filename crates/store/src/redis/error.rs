@@ -54,7 +54,11 @@ pub(crate) fn corrupt(name: &str, what: &str) -> StoreError {
     StoreError::Corrupt(format!("credential `{name}` in Redis: {what}"))
 }
 
-/// A [`StoreError::Corrupt`] about session record `name` (`SITE/ID`).
-pub(crate) fn corrupt_session(name: &str, what: &str) -> StoreError {
-    StoreError::Corrupt(format!("session `{name}` in Redis: {what}"))
+/// A [`StoreError::Corrupt`] about record `name` (`PART[/ITEM]`) of `kind`.
+pub(crate) fn corrupt_record(
+    kind: authkeeper_core::store::RecordKind,
+    name: &str,
+    what: &str,
+) -> StoreError {
+    StoreError::Corrupt(format!("{kind} record `{name}` in Redis: {what}"))
 }

@@ -115,31 +115,35 @@ end
 return {held[2] or ''}
 "#;
 
-/// Writes a sealed session record over version ARGV[1] (`0`: it must not exist) and indexes it.
+/// Writes a sealed record as its next version if the expectation holds, and indexes its item.
 ///
-/// KEYS: record, site index (one slot). ARGV: expected version, sealed, id.
-/// Returns `{"1", new version}` or `{"0", current version}` when the version moved.
-const PUT_SESSION: &str = r#"
+/// KEYS: record, items of its part (one slot). ARGV: mode (`any` | `absent` | `version`),
+/// expected version, sealed, updated_at (ms), item (`""`: a one-segment key).
+/// Returns `{"1", new version}` or `{"0", current version}` when the expectation failed.
+const PUT_RECORD: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
-if current ~= ARGV[1] then return {'0', current} end
+if ARGV[1] == 'absent' and current ~= '0' then return {'0', current} end
+if ARGV[1] == 'version' and current ~= ARGV[2] then return {'0', current} end
 local version = tostring(redis.call('HINCRBY', KEYS[1], 'version', 1))
-redis.call('HSET', KEYS[1], 'sealed', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'sealed', ARGV[3], 'updated_at', ARGV[4])
+if ARGV[5] ~= '' then redis.call('SADD', KEYS[2], ARGV[5]) end
 return {'1', version}
 "#;
 
-/// Deletes a session record if its version is ARGV[1] (`0`: any) and unindexes it.
+/// Deletes a record if its version is ARGV[2] (mode `version`) or whatever it is (mode `any`),
+/// and unindexes its item.
 ///
-/// KEYS: record, site index (one slot). ARGV: expected version, id. Returns 1 when deleted.
-const DELETE_SESSION: &str = r#"
+/// KEYS: record, items of its part (one slot). ARGV: mode, expected version, item (`""`: none).
+/// Returns 1 when deleted.
+const DELETE_RECORD: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version')
 if not current then
-  redis.call('SREM', KEYS[2], ARGV[2])
+  if ARGV[3] ~= '' then redis.call('SREM', KEYS[2], ARGV[3]) end
   return 0
 end
-if ARGV[1] ~= '0' and current ~= ARGV[1] then return 0 end
+if ARGV[1] == 'version' and current ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('SREM', KEYS[2], ARGV[3]) end
 return 1
 "#;
 
@@ -152,8 +156,8 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     pub(crate) renew: Script,
     pub(crate) mark_in_flight: Script,
-    pub(crate) put_session: Script,
-    pub(crate) delete_session: Script,
+    pub(crate) put_record: Script,
+    pub(crate) delete_record: Script,
 }
 
 impl Scripts {
@@ -166,8 +170,8 @@ impl Scripts {
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
             mark_in_flight: Script::new(MARK_IN_FLIGHT),
-            put_session: Script::new(PUT_SESSION),
-            delete_session: Script::new(DELETE_SESSION),
+            put_record: Script::new(PUT_RECORD),
+            delete_record: Script::new(DELETE_RECORD),
         }
     }
 }

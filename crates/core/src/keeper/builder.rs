@@ -1,0 +1,124 @@
+//! [`KeeperBuilder`]: the credentials, store, clock, sinks and settings of a [`Keeper`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use rand::Rng as _;
+use tokio::sync::Notify;
+
+use super::entry::Entry;
+use super::{Inner, Keeper, KeeperError, KeeperSettings, reauth_hook};
+use crate::backoff::CircuitBreaker;
+use crate::clock::SharedClock;
+use crate::config::CredentialSettings;
+use crate::events::SharedSink;
+use crate::grant::OAuthClient;
+use crate::name::CredentialName;
+use crate::reauth::Reauthenticator;
+use crate::store::{CredentialStore, StoreError};
+
+/// Builds a [`Keeper`].
+pub struct KeeperBuilder {
+    store: Arc<dyn CredentialStore>,
+    clock: SharedClock,
+    settings: KeeperSettings,
+    credentials: Vec<(CredentialName, CredentialSettings)>,
+    sinks: Vec<SharedSink>,
+    http: Option<reqwest::Client>,
+    reauth: Option<Arc<dyn Reauthenticator>>,
+}
+
+impl KeeperBuilder {
+    pub(super) fn new(store: Arc<dyn CredentialStore>, clock: SharedClock) -> KeeperBuilder {
+        KeeperBuilder {
+            store,
+            clock,
+            settings: KeeperSettings::default(),
+            credentials: Vec::new(),
+            sinks: Vec::new(),
+            http: None,
+            reauth: None,
+        }
+    }
+
+    /// Adds a credential.
+    pub fn credential(mut self, name: CredentialName, settings: CredentialSettings) -> Self {
+        self.credentials.push((name, settings));
+        self
+    }
+
+    /// Replaces the engine-wide settings.
+    pub fn settings(mut self, settings: KeeperSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Adds an event sink.
+    pub fn event_sink(mut self, sink: SharedSink) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Re-authenticates credentials when refreshing cannot help, and renews sessions ahead of
+    /// their absolute expiry (see [`crate::reauth`]).
+    pub fn reauthenticator(mut self, reauth: Arc<dyn Reauthenticator>) -> Self {
+        self.reauth = Some(reauth);
+        self
+    }
+
+    /// Uses this HTTP client for token requests (default: a fresh one that follows no redirect).
+    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Builds the engine.
+    pub fn build(self) -> Result<Keeper, KeeperError> {
+        let http = match self.http {
+            Some(http) => http,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| KeeperError::Store {
+                    name: String::new(),
+                    source: StoreError::Other {
+                        message: "cannot build the HTTP client".into(),
+                        source: Some(Box::new(e)),
+                    },
+                })?,
+        };
+        // Credentials of one token endpoint share its circuit breaker.
+        let mut breakers: HashMap<String, Arc<CircuitBreaker>> = HashMap::new();
+        let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        for (name, settings) in self.credentials {
+            let client = OAuthClient::new(settings.client.clone(), http.clone());
+            let breaker = Arc::clone(breakers.entry(client.endpoint_key()).or_insert_with(|| {
+                Arc::new(CircuitBreaker::new(
+                    self.settings.breaker_threshold,
+                    self.settings.backoff,
+                ))
+            }));
+            let entry = Entry::new(name.clone(), settings, client, breaker);
+            entries.insert(name, Arc::new(entry));
+        }
+        let owner = format!(
+            "{}-{:016x}",
+            std::process::id(),
+            rand::thread_rng().r#gen::<u64>()
+        );
+        Ok(Keeper {
+            inner: Arc::new(Inner {
+                store: self.store,
+                clock: self.clock,
+                owner,
+                settings: self.settings,
+                entries,
+                sinks: self.sinks,
+                schedule_changed: Notify::new(),
+                shutting_down: AtomicBool::new(false),
+                reauth: self.reauth.map(reauth_hook::ReauthHook::new),
+            }),
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! The runtime state of one credential: its cached generation, single-flight lock, status and
+//! what a caller needs from a refresh.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use crate::backoff::CircuitBreaker;
+use crate::clock::Timestamp;
+use crate::config::CredentialSettings;
+use crate::grant::OAuthClient;
+use crate::name::CredentialName;
+use crate::policy::Schedule;
+use crate::store::{CredentialState, CredentialStatus};
+use crate::token::TokenSet;
+
+/// The cached generation of a credential.
+pub(super) struct Current {
+    pub(super) generation: u64,
+    pub(super) tokens: TokenSet,
+    pub(super) schedule: Schedule,
+}
+
+/// What a caller needs from a refresh.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Need {
+    /// A token usable for at least this long.
+    Serves(Duration),
+    /// A token whose refresh is not yet due (proactive refresh).
+    NotDue,
+    /// A generation newer than this one (the caller's token was rejected).
+    NewerThan(u64),
+    /// A token usable for at least this long whose refresh is not due yet.
+    Fresh(Duration),
+}
+
+impl Need {
+    pub(super) fn satisfied_by(self, current: &Current, now: Timestamp) -> bool {
+        match self {
+            Need::Serves(min_ttl) => current.schedule.serves(now, min_ttl),
+            Need::NotDue => !current.schedule.is_due(now),
+            Need::NewerThan(generation) => current.generation > generation,
+            Need::Fresh(min_ttl) => {
+                current.schedule.serves(now, min_ttl) && !current.schedule.is_due(now)
+            }
+        }
+    }
+
+    /// Whether a still-valid cached token may stand in when refreshing is impossible.
+    pub(super) fn accepts_stale(self) -> bool {
+        !matches!(self, Need::NewerThan(_))
+    }
+}
+
+/// One credential's runtime state.
+pub(super) struct Entry {
+    pub(super) name: CredentialName,
+    pub(super) settings: CredentialSettings,
+    pub(super) client: OAuthClient,
+    pub(super) breaker: Arc<CircuitBreaker>,
+    pub(super) current: ArcSwapOption<Current>,
+    /// Single-flight: held while loading or refreshing.
+    pub(super) flight: tokio::sync::Mutex<()>,
+    /// A proactive refresh task is scheduled or running.
+    pub(super) proactive_pending: AtomicBool,
+    /// No proactive attempt before this time (millis), mirrors `status.next_attempt_at`.
+    pub(super) retry_not_before: AtomicI64,
+    status: Mutex<CredentialStatus>,
+}
+
+impl Entry {
+    /// A fresh entry with nothing cached.
+    pub(super) fn new(
+        name: CredentialName,
+        settings: CredentialSettings,
+        client: OAuthClient,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Entry {
+        Entry {
+            name,
+            settings,
+            client,
+            breaker,
+            current: ArcSwapOption::empty(),
+            flight: tokio::sync::Mutex::new(()),
+            proactive_pending: AtomicBool::new(false),
+            retry_not_before: AtomicI64::new(i64::MIN),
+            status: Mutex::new(CredentialStatus::default()),
+        }
+    }
+
+    /// The status this process last saw.
+    pub(super) fn status(&self) -> CredentialStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the status, and the earliest time of the next proactive attempt with it.
+    pub(super) fn set_status(&self, status: CredentialStatus) {
+        let not_before = match (status.state, status.next_attempt_at) {
+            (CredentialState::NeedsReauth, _) => i64::MAX,
+            (_, Some(at)) => at.as_millis(),
+            (_, None) => i64::MIN,
+        };
+        self.retry_not_before.store(not_before, Ordering::Release);
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// The cached generation (0: nothing cached).
+    pub(super) fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |c| c.generation)
+    }
+}

@@ -1,0 +1,338 @@
+//! The refresh itself: single flight in the process, the store's lease across processes, a
+//! re-read under the lease, one token request, and the durable write before anyone sees the
+//! new token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::entry::{Current, Entry, Need};
+use super::{Keeper, KeeperError, Token};
+use crate::clock::Timestamp;
+use crate::error::{ErrorClass, RefreshError};
+use crate::events::{Event, Trigger};
+use crate::grant::{GrantKind, GrantRequest};
+use crate::store::{
+    CredentialStatus, Lease, LeaseAttempt, Precondition, StoreError, StoredCredential, WriteOutcome,
+};
+use crate::token::{TokenResponse, TokenSet};
+
+/// Either go on with a value, or stop with the caller's answer.
+enum Step<T> {
+    Go(T),
+    Done(Result<Token, KeeperError>),
+}
+
+/// What a refresh starts from, read under the lease.
+struct Start {
+    /// The stored generation the new one must follow (0: nothing stored).
+    generation: u64,
+    /// The cached generation, when there is one.
+    previous: Option<Arc<Current>>,
+}
+
+impl Keeper {
+    /// Refreshes `entry` once for everyone who needs it.
+    pub(super) async fn refresh(
+        &self,
+        entry: &Arc<Entry>,
+        need: Need,
+        trigger: Trigger,
+    ) -> Result<Token, KeeperError> {
+        let _flight = entry.flight.lock().await;
+        if let Some(token) = self.satisfied(entry, need) {
+            return Ok(token);
+        }
+        if let Some(error) = self.gate(entry, self.now()) {
+            return self.serve_or(entry, need, error);
+        }
+        let name = &entry.name;
+        let lease_ttl = self.effective_lease_ttl(entry);
+        // Wait for another holder at most one lease TTL plus a margin: by then its lease expired.
+        let give_up_at = tokio::time::Instant::now() + lease_ttl + Duration::from_secs(5);
+        let mut poll = self.inner.settings.poll_interval;
+        loop {
+            let attempt = match self
+                .inner
+                .store
+                .try_acquire_lease(name, &self.inner.owner, self.now(), lease_ttl)
+                .await
+            {
+                Ok(attempt) => attempt,
+                Err(source) => return self.serve_or(entry, need, store_error(entry, source)),
+            };
+            match attempt {
+                LeaseAttempt::Acquired(lease) => {
+                    if lease.took_over_abandoned {
+                        self.emit(Event::LeaseTakenOver { name });
+                    }
+                    let result = self.refresh_under_lease(entry, need, trigger, &lease).await;
+                    self.release_lease(lease).await;
+                    return result;
+                }
+                LeaseAttempt::Busy { .. } => {
+                    self.inner
+                        .store
+                        .wait_for_change(name, entry.generation(), poll)
+                        .await;
+                    poll = (poll * 2).min(Duration::from_millis(100));
+                    match self.read_store(entry).await {
+                        Ok(Some(record)) => self.install(entry, record),
+                        Ok(None) => {}
+                        Err(error) => return self.serve_or(entry, need, error),
+                    }
+                    if let Some(token) = self.satisfied(entry, need) {
+                        return Ok(token);
+                    }
+                    if let Some(error) = self.gate(entry, self.now()) {
+                        return self.serve_or(entry, need, error);
+                    }
+                    if tokio::time::Instant::now() >= give_up_at {
+                        let error = KeeperError::LeaseWaitTimeout {
+                            name: name.to_string(),
+                            waited: lease_ttl,
+                        };
+                        return self.serve_or(entry, need, error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The refresh proper, run while holding the store's `lease`.
+    async fn refresh_under_lease(
+        &self,
+        entry: &Entry,
+        need: Need,
+        trigger: Trigger,
+        lease: &Lease,
+    ) -> Result<Token, KeeperError> {
+        let start = match self.reread_under_lease(entry, need).await {
+            Step::Go(start) => start,
+            Step::Done(answer) => return answer,
+        };
+        let now = self.now();
+        if let Err(until) = entry.breaker.try_pass(now) {
+            let error = KeeperError::Unavailable {
+                name: entry.name.to_string(),
+                class: ErrorClass::Transient,
+                cause: "token endpoint circuit open after repeated failures".into(),
+                next_attempt_at: until,
+            };
+            return self.serve_or(entry, need, error);
+        }
+        let refresh_token = start
+            .previous
+            .as_ref()
+            .and_then(|c| c.tokens.refresh_token.clone());
+        let request = match (entry.settings.grant, &refresh_token) {
+            (GrantKind::ClientCredentials, _) => GrantRequest::ClientCredentials,
+            (GrantKind::RefreshToken, Some(token)) => GrantRequest::RefreshToken(token),
+            (GrantKind::RefreshToken, None) => {
+                entry.breaker.record_success();
+                return self
+                    .record_failure(
+                        entry,
+                        need,
+                        start.generation,
+                        RefreshError::NoRefreshToken,
+                        Duration::ZERO,
+                    )
+                    .await;
+            }
+        };
+        let interrupted = match self.mark_in_flight(entry, lease, start.generation).await {
+            Ok(interrupted) => interrupted,
+            Err(error) => return self.serve_or(entry, need, error),
+        };
+        let started = tokio::time::Instant::now();
+        let outcome = entry.client.request(&request, now).await;
+        let latency = started.elapsed();
+        match outcome {
+            Ok(response) => {
+                entry.breaker.record_success();
+                let write = Write {
+                    start,
+                    fence: lease.fence,
+                    requested_at: now,
+                    latency,
+                    trigger,
+                };
+                self.store_refreshed(entry, need, response, write).await
+            }
+            Err(error) => {
+                if error.class() == ErrorClass::Transient {
+                    entry
+                        .breaker
+                        .record_failure(self.now(), error.retry_after());
+                } else {
+                    entry.breaker.record_success();
+                }
+                if interrupted && error.class() == ErrorClass::NeedsReauth {
+                    return self
+                        .record_lost_in_crash(entry, need, start.generation, error, latency)
+                        .await;
+                }
+                self.record_failure(entry, need, start.generation, error, latency)
+                    .await
+            }
+        }
+    }
+
+    /// Re-reads the stored record under the lease: another process may have refreshed while we
+    /// waited for it, or failed in a way that forbids trying now.
+    async fn reread_under_lease(&self, entry: &Entry, need: Need) -> Step<Start> {
+        let stored = match self.read_store(entry).await {
+            Ok(stored) => stored,
+            Err(error) => return Step::Done(self.serve_or(entry, need, error)),
+        };
+        match stored {
+            Some(record) => {
+                let generation = record.generation;
+                self.install(entry, record);
+                if let Some(token) = self.satisfied(entry, need) {
+                    return Step::Done(Ok(token));
+                }
+                if let Some(error) = self.gate(entry, self.now()) {
+                    return Step::Done(self.serve_or(entry, need, error));
+                }
+                Step::Go(Start {
+                    generation,
+                    previous: entry.current.load_full(),
+                })
+            }
+            None if entry.settings.grant == GrantKind::ClientCredentials => Step::Go(Start {
+                generation: 0,
+                previous: None,
+            }),
+            None => Step::Done(Err(KeeperError::NotStored(entry.name.to_string()))),
+        }
+    }
+
+    /// Stores the provider's answer durably (fenced), then installs it and answers the caller.
+    async fn store_refreshed(
+        &self,
+        entry: &Entry,
+        need: Need,
+        response: TokenResponse,
+        write: Write,
+    ) -> Result<Token, KeeperError> {
+        let name = &entry.name;
+        let received_at = self.now();
+        // Lifetimes count from when the request was sent, not when the answer arrived: the
+        // provider started the token's clock somewhere in between.
+        let tokens = match (&write.start.previous, entry.settings.grant) {
+            (Some(previous), GrantKind::RefreshToken) => {
+                previous
+                    .tokens
+                    .refreshed_with(response, write.requested_at, &entry.settings.expiry)
+            }
+            _ => response.into_token_set(write.requested_at, &entry.settings.expiry),
+        };
+        let expires_at = tokens.expires_at;
+        let expected_generation = write.start.generation;
+        let precondition = Precondition::Fenced {
+            generation: expected_generation,
+            fence: write.fence,
+        };
+        match self
+            .write_durably(entry, precondition, &tokens, received_at)
+            .await
+        {
+            Ok(WriteOutcome::Written { generation }) => {
+                self.install(
+                    entry,
+                    StoredCredential {
+                        name: name.clone(),
+                        generation,
+                        tokens,
+                        status: CredentialStatus {
+                            last_refresh_at: Some(received_at),
+                            ..CredentialStatus::default()
+                        },
+                    },
+                );
+                if expected_generation == 0 {
+                    self.emit(Event::Issued { name, generation });
+                } else {
+                    self.emit(Event::Refreshed {
+                        name,
+                        generation,
+                        trigger: write.trigger,
+                        latency: write.latency,
+                        expires_at,
+                    });
+                }
+                self.satisfied(entry, need)
+                    .or_else(|| entry.current.load_full().map(|current| Token { current }))
+                    .ok_or_else(|| KeeperError::NotStored(name.to_string()))
+            }
+            Ok(WriteOutcome::Conflict { current_generation }) => {
+                self.emit(Event::WriteFenced {
+                    name,
+                    current_generation,
+                });
+                match self.read_store(entry).await? {
+                    Some(record) => self.install(entry, record),
+                    None => return Err(KeeperError::NotStored(name.to_string())),
+                }
+                let error = KeeperError::Superseded {
+                    name: name.to_string(),
+                };
+                self.satisfied(entry, need)
+                    .map_or_else(|| self.serve_or(entry, need, error), Ok)
+            }
+            Err(source) => {
+                // The provider may have rotated the refresh token and we could not keep the new
+                // one: say so loudly. The new access token is not handed out (it is not durable).
+                tracing::error!(credential = %name, error = %source, "refreshed tokens could not be stored; the rotated refresh token may be lost");
+                Err(store_error(entry, source))
+            }
+        }
+    }
+
+    /// Writes a refreshed token set, retrying briefly when the store is momentarily unavailable.
+    async fn write_durably(
+        &self,
+        entry: &Entry,
+        precondition: Precondition,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut delay = Duration::from_millis(25);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .inner
+                .store
+                .put(&entry.name, precondition, tokens, now)
+                .await
+            {
+                // A store restart (Redis failover) can take seconds: keep the rotated refresh
+                // token in memory and retry for ~5 s; fencing still refuses a stale write.
+                Err(StoreError::Unavailable { .. }) if attempts < 10 => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// How a successful token request is to be written.
+struct Write {
+    start: Start,
+    fence: u64,
+    requested_at: Timestamp,
+    latency: Duration,
+    trigger: Trigger,
+}
+
+/// A store failure of `entry`, as the caller sees it.
+pub(super) fn store_error(entry: &Entry, source: StoreError) -> KeeperError {
+    KeeperError::Store {
+        name: entry.name.to_string(),
+        source,
+    }
+}

@@ -1,0 +1,337 @@
+//! Credential rows (`credentials`: name, generation, sealed token set, expiry, status columns)
+//! and the [`CredentialStore`] implementation of [`SqliteStore`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension as _, Transaction, params};
+
+use authkeeper_core::name::CredentialName;
+use authkeeper_core::{
+    CredentialState, CredentialStatus, CredentialStore, CredentialSummary, Lease, LeaseAttempt,
+    Precondition, StoreError, StoredCredential, Timestamp, TokenSet, WriteOutcome,
+};
+
+use super::errors::{corrupt_row, sql_error, to_i64, to_u64};
+use super::{CHANGE_POLL_INTERVAL, Inner, SqliteStore};
+use crate::record::decode_token_set;
+use crate::seal::CREDENTIAL_KIND;
+
+const WHAT: &str = "credential";
+
+/// The plaintext status columns of a credential row.
+struct StatusColumns {
+    state: String,
+    last_refresh_at: Option<i64>,
+    failures: i64,
+    reason: Option<String>,
+    next_attempt_at: Option<i64>,
+}
+
+impl StatusColumns {
+    /// Reads the five status columns starting at `first`.
+    fn read(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(StatusColumns {
+            state: row.get(first)?,
+            last_refresh_at: row.get(first + 1)?,
+            failures: row.get(first + 2)?,
+            reason: row.get(first + 3)?,
+            next_attempt_at: row.get(first + 4)?,
+        })
+    }
+
+    fn into_status(self, name: &str) -> Result<CredentialStatus, StoreError> {
+        Ok(CredentialStatus {
+            state: CredentialState::parse(&self.state)
+                .ok_or_else(|| corrupt_row(WHAT, name, "unknown state"))?,
+            last_refresh_at: self.last_refresh_at.map(Timestamp::from_millis),
+            failures: u32::try_from(self.failures)
+                .map_err(|_| corrupt_row(WHAT, name, "failures out of range"))?,
+            reason: self.reason,
+            next_attempt_at: self.next_attempt_at.map(Timestamp::from_millis),
+        })
+    }
+}
+
+const STATUS_COLUMNS: &str = "state, last_refresh_at, failures, reason, next_attempt_at";
+
+/// The stored generation of `name` (0: nothing stored).
+pub(super) fn stored_generation(
+    conn: &rusqlite::Connection,
+    name: &CredentialName,
+) -> Result<u64, StoreError> {
+    let generation: Option<i64> = conn
+        .query_row(
+            "SELECT generation FROM credentials WHERE name = ?1",
+            params![name.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    to_u64(WHAT, name, "generation", generation.unwrap_or(0))
+}
+
+impl Inner {
+    fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT generation, sealed, {STATUS_COLUMNS} FROM credentials WHERE name = ?1"
+                ),
+                params![name.as_str()],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        StatusColumns::read(row, 2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(sql_error)?;
+        let Some((generation, sealed, status)) = row else {
+            return Ok(None);
+        };
+        let generation = to_u64(WHAT, name, "generation", generation)?;
+        let status = status.into_status(name)?;
+        let plaintext = self.unseal(CREDENTIAL_KIND, name, &sealed)?;
+        let tokens =
+            decode_token_set(&plaintext).map_err(|problem| corrupt_row(WHAT, name, &problem))?;
+        Ok(Some(StoredCredential {
+            name: name.clone(),
+            generation,
+            tokens,
+            status,
+        }))
+    }
+
+    fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT name, generation, expires_at, {STATUS_COLUMNS} FROM credentials ORDER BY name"
+            ))
+            .map_err(sql_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    StatusColumns::read(row, 3)?,
+                ))
+            })
+            .map_err(sql_error)?;
+        let mut summaries = Vec::new();
+        for row in rows {
+            let (name, generation, expires_at, status) = row.map_err(sql_error)?;
+            summaries.push(CredentialSummary {
+                generation: to_u64(WHAT, &name, "generation", generation)?,
+                expires_at: Timestamp::from_millis(expires_at),
+                status: status.into_status(&name)?,
+                name: CredentialName::new(&name)
+                    .map_err(|_| corrupt_row(WHAT, &name, "invalid name"))?,
+            });
+        }
+        Ok(summaries)
+    }
+
+    /// Writes `tokens` as `generation` with a fresh valid status, inside `tx`.
+    fn write_tokens(
+        &self,
+        tx: &Transaction<'_>,
+        name: &CredentialName,
+        generation: u64,
+        tokens: &TokenSet,
+        last_refresh_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sealed = self.seal(tx, CREDENTIAL_KIND, name, &tokens.to_secret_json())?;
+        tx.execute(
+            "INSERT INTO credentials (name, generation, sealed, expires_at, state, last_refresh_at, failures,
+                 reason, next_attempt_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'valid', ?5, 0, NULL, NULL, ?6)
+             ON CONFLICT(name) DO UPDATE SET generation = excluded.generation, sealed = excluded.sealed,
+                 expires_at = excluded.expires_at, state = 'valid', last_refresh_at = excluded.last_refresh_at,
+                 failures = 0, reason = NULL, next_attempt_at = NULL, updated_at = excluded.updated_at",
+            params![
+                name.as_str(),
+                to_i64(generation),
+                sealed,
+                tokens.expires_at.as_millis(),
+                last_refresh_at.map(Timestamp::as_millis),
+                now.as_millis(),
+            ],
+        )
+        .map_err(sql_error)?;
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        name: &CredentialName,
+        precondition: Precondition,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write(|tx| {
+            let current = stored_generation(tx, name)?;
+            let conflict = WriteOutcome::Conflict {
+                current_generation: current,
+            };
+            let last_refresh_at = match precondition {
+                Precondition::None => None,
+                Precondition::Generation(expected) => {
+                    if current != expected {
+                        return Ok(conflict);
+                    }
+                    Some(now)
+                }
+                Precondition::Fenced { generation, fence } => {
+                    let lease_fence = super::leases::current_fence(tx, name)?;
+                    if current != generation || lease_fence != Some(to_i64(fence)) {
+                        return Ok(conflict);
+                    }
+                    Some(now)
+                }
+            };
+            let generation = current.saturating_add(1);
+            self.write_tokens(tx, name, generation, tokens, last_refresh_at, now)?;
+            Ok(WriteOutcome::Written { generation })
+        })
+    }
+
+    fn set_status(
+        &self,
+        name: &CredentialName,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE credentials SET state = ?2, last_refresh_at = ?3, failures = ?4, reason = ?5,
+                         next_attempt_at = ?6 WHERE name = ?1 AND generation = ?7",
+                    params![
+                        name.as_str(),
+                        status.state.as_str(),
+                        status.last_refresh_at.map(Timestamp::as_millis),
+                        i64::from(status.failures),
+                        status.reason,
+                        status.next_attempt_at.map(Timestamp::as_millis),
+                        to_i64(generation),
+                    ],
+                )
+                .map_err(sql_error)?;
+            Ok(updated == 1)
+        })
+    }
+
+    fn delete(&self, name: &CredentialName) -> Result<bool, StoreError> {
+        // The lease row stays: its fence must never go back.
+        self.write(|tx| {
+            let deleted = tx
+                .execute(
+                    "DELETE FROM credentials WHERE name = ?1",
+                    params![name.as_str()],
+                )
+                .map_err(sql_error)?;
+            Ok(deleted > 0)
+        })
+    }
+}
+
+#[async_trait]
+impl CredentialStore for SqliteStore {
+    async fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
+        let name = name.clone();
+        self.run(move |inner| inner.load(&name)).await
+    }
+
+    async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+        self.run(Inner::list).await
+    }
+
+    async fn put(
+        &self,
+        name: &CredentialName,
+        precondition: Precondition,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        let (name, tokens) = (name.clone(), tokens.clone());
+        self.run(move |inner| inner.put(&name, precondition, &tokens, now))
+            .await
+    }
+
+    async fn set_status(
+        &self,
+        name: &CredentialName,
+        generation: u64,
+        status: &CredentialStatus,
+    ) -> Result<bool, StoreError> {
+        let (name, status) = (name.clone(), status.clone());
+        self.run(move |inner| inner.set_status(&name, generation, &status))
+            .await
+    }
+
+    async fn delete(&self, name: &CredentialName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.run(move |inner| inner.delete(&name)).await
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &CredentialName,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt, StoreError> {
+        let (name, owner) = (name.clone(), owner.to_owned());
+        self.run(move |inner| inner.try_acquire_lease(&name, &owner, now, ttl))
+            .await
+    }
+
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        self.run(move |inner| inner.release_lease(lease)).await
+    }
+
+    async fn mark_in_flight(
+        &self,
+        lease: &Lease,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (name, fence) = (lease.name.clone(), lease.fence);
+        self.run(move |inner| inner.mark_in_flight(&name, fence, generation))
+            .await
+    }
+
+    async fn wait_for_change(
+        &self,
+        name: &CredentialName,
+        seen_generation: u64,
+        timeout: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = {
+                let name = name.clone();
+                self.run(move |inner| stored_generation(&inner.conn(), &name))
+                    .await
+            };
+            match current {
+                Ok(generation) if generation != seen_generation => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(credential = %name, error = %e, "polling the generation failed")
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(CHANGE_POLL_INTERVAL.min(deadline - now)).await;
+        }
+    }
+}
