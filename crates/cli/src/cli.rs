@@ -31,6 +31,10 @@ pub struct GlobalArgs {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Use a key file that its group or others can read (refused by default: it decrypts every
+    /// stored credential).
+    #[arg(long, global = true)]
+    pub allow_insecure_key_file: bool,
 }
 
 /// Log output formats.

@@ -2,14 +2,38 @@
 //!
 //! Precedence: the file, then environment (`AUTHKEEPER_STORE`, `AUTHKEEPER_KEY`), then flags.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use authkeeper_core::CredentialConfig;
 use authkeeper_core::name::{CredentialName, SiteName};
 use authkeeper_server::{ClientConfig, ServerConfig};
+
+use crate::exit::ConfigurationError;
 use serde::Deserialize;
+
+/// Adds the `NAME` of every `env:NAME` string in `value` to `names`.
+fn collect_env_references(value: &toml::Value, names: &mut BTreeSet<String>) {
+    match value {
+        toml::Value::String(text) => {
+            if let Some(name) = text.strip_prefix("env:") {
+                names.insert(name.trim().to_owned());
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                collect_env_references(item, names);
+            }
+        }
+        toml::Value::Table(table) => {
+            for item in table.values() {
+                collect_env_references(item, names);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// The default config file, looked up in the working directory.
 pub const DEFAULT_CONFIG: &str = "authkeeper.toml";
@@ -36,6 +60,10 @@ pub struct Config {
     /// Browser-session sites by name (`authkeeper sessions`, session leases in `serve`).
     #[serde(default)]
     pub sites: BTreeMap<SiteName, authkeeper_session::SiteConfig>,
+    /// Every environment variable an `env:NAME` value of the file names (secrets: children never
+    /// inherit them unless `[server] pass_env` lists them).
+    #[serde(skip)]
+    pub secret_env_vars: BTreeSet<String>,
 }
 
 /// The `[store]` table.
@@ -82,35 +110,104 @@ impl Config {
                     .with_context(|| format!("cannot read config {}", path.display()));
             }
         };
-        let config: Config =
+        let mut config: Config =
             toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        config.validate()?;
+        if let Ok(raw) = text.parse::<toml::Table>() {
+            collect_env_references(&toml::Value::Table(raw), &mut config.secret_env_vars);
+        }
+        config
+            .validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
         Ok((config, path))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks the whole file (every section, every URL scheme) without resolving secret
+    /// references, and reports every problem at once as a [`ConfigurationError`] (exit 2).
+    fn validate(&self) -> Result<(), ConfigurationError> {
+        let mut problems = Vec::new();
+        self.validate_store(&mut problems);
+        for (name, credential) in &self.credentials {
+            // Resolving checks the secret reference too (variable set, file readable).
+            if let Err(error) = credential.resolve(name) {
+                problems.push(error.to_string());
+            }
+        }
+        if let Err(error) = authkeeper_server::ClientKeys::new(&self.clients) {
+            problems.push(format!("[[clients]]: {error}"));
+        }
+        if let Some(notify) = &self.notify
+            && !matches!(notify.webhook_url.scheme(), "http" | "https")
+        {
+            problems.push("[notify] webhook_url must be an http or https URL".to_owned());
+        }
+        for (name, site) in &self.sites {
+            if !matches!(site.origin.scheme(), "http" | "https") {
+                problems.push(format!(
+                    "[sites.{name}] origin must be an http or https URL"
+                ));
+            }
+            if let Err(error) = authkeeper_session::login_for(site, &Default::default()) {
+                problems.push(format!("[sites.{name}.login]: {error}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigurationError(problems.join("; ")))
+        }
+    }
+
+    fn validate_store(&self, problems: &mut Vec<String>) {
         match self.store.kind.as_deref() {
             None | Some("sqlite") => {
                 if self.store.url.is_some() || self.store.prefix.is_some() {
-                    bail!("[store] url and prefix are for kind = \"redis\"");
+                    problems.push("[store] url and prefix are for kind = \"redis\"".to_owned());
                 }
             }
             Some("redis") => {
                 if self.store.url.is_none() {
-                    bail!(
-                        "[store] kind = \"redis\" needs url = \"redis://host:6379/0\" (or \"env:NAME\" / \"file:PATH\" for a URL with a password)"
+                    problems.push(
+                        "[store] kind = \"redis\" needs url = \"redis://host:6379/0\" (or \"env:NAME\" / \"file:PATH\" for a URL with a password)".to_owned(),
                     );
                 }
                 if self.store.path.is_some() {
-                    bail!("[store] path is for kind = \"sqlite\"; Redis uses url");
+                    problems
+                        .push("[store] path is for kind = \"sqlite\"; Redis uses url".to_owned());
+                }
+                if let Some(url) = &self.store.url
+                    && !url.starts_with("env:")
+                    && !url.starts_with("file:")
+                    && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                {
+                    problems.push(
+                        "[store] url must be redis:// or rediss:// (or env:NAME / file:PATH)"
+                            .to_owned(),
+                    );
                 }
             }
-            Some(other) => bail!("unknown store kind {other:?}: use \"sqlite\" or \"redis\""),
+            Some(other) => {
+                problems.push(format!(
+                    "unknown store kind {other:?}: use \"sqlite\" or \"redis\""
+                ));
+            }
         }
-        if self.store.lease_ttl.is_some_and(|ttl| ttl.is_zero()) {
-            bail!("[store] lease_ttl must be positive");
+        if let Some(ttl) = self.store.lease_ttl {
+            // A lease must outlive one token request even before its first renewal.
+            let longest = self
+                .credentials
+                .values()
+                .map(|credential| credential.timeout)
+                .max()
+                .unwrap_or_default();
+            let minimum = longest + std::time::Duration::from_secs(1);
+            if ttl < minimum {
+                problems.push(format!(
+                    "[store] lease_ttl = {} is shorter than the minimum {} (the longest token request timeout plus 1 s): a lease must outlive a token request",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(minimum)
+                ));
+            }
         }
-        Ok(())
     }
 
     /// The store file: flag, then `AUTHKEEPER_STORE`, then `[store] path` (relative to the
@@ -167,7 +264,7 @@ mod tests {
         assert_eq!(portal.accounts[0].name, "alice");
         assert_eq!(portal.login.as_ref().map(|l| l.steps.len()), Some(5));
         assert!(
-            authkeeper_session::login_for(portal).is_ok(),
+            authkeeper_session::login_for(portal, &Default::default()).is_ok(),
             "the recipe is valid"
         );
     }
@@ -198,7 +295,15 @@ mod tests {
             clock_skew = "30s"
         "#;
         let config: Config = toml::from_str(text).expect("parses");
-        config.validate().expect("valid");
+        // Secrets are resolved at load: the referenced variable must be set.
+        let error = config
+            .validate()
+            .expect_err("the secret's variable is not set");
+        assert!(error.0.contains("CRM_CLIENT_SECRET"), "{error:?}");
+        let inline: Config =
+            toml::from_str(&text.replace("env:CRM_CLIENT_SECRET", "inline-test-secret"))
+                .expect("parses");
+        inline.validate().expect("valid");
         let crm = &config.credentials["crm"];
         assert_eq!(crm.clock_skew, std::time::Duration::from_secs(30));
         assert_eq!(
@@ -271,7 +376,9 @@ mod tests {
         assert_eq!(notify.max_attempts, 3);
         assert_eq!(config.clients[0].checkpoints, vec!["nightly".to_owned()]);
         let crm = &config.credentials["crm"];
-        let plan = authkeeper_login::reauth::ReauthPlan::from_config("crm", crm).expect("plan");
+        let plan =
+            authkeeper_login::reauth::ReauthPlan::from_config("crm", crm, &Default::default())
+                .expect("plan");
         assert!(plan.method.is_automatic());
         assert_eq!(
             plan.policy.max_session_age,
@@ -280,7 +387,8 @@ mod tests {
         let mut bad = crm.clone();
         bad.relogin_window = Some("1am-5am".into());
         let error =
-            authkeeper_login::reauth::ReauthPlan::from_config("crm", &bad).expect_err("bad window");
+            authkeeper_login::reauth::ReauthPlan::from_config("crm", &bad, &Default::default())
+                .expect_err("bad window");
         assert!(error.to_string().contains("relogin_window"), "{error}");
     }
 }

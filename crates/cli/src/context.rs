@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use authkeeper_core::events::{LogSink, SharedSink};
 use authkeeper_core::secret_ref::SecretRef;
 use authkeeper_core::{Keeper, KeeperSettings, Store, SystemClock};
+use authkeeper_login::process::ChildEnv;
 use authkeeper_store::{
     KeySettings, Keyring, RedisOptions, RedisStore, RedisUrl, SqliteStore, key::parse_env_key,
     key::read_key_file,
@@ -135,6 +136,16 @@ impl Context {
         Ok(Arc::new(store))
     }
 
+    /// The environment children get (the program of `exec`, login commands, Chromium): never
+    /// authkeeper's own variables (the store key...) or a variable an `env:` value names, unless
+    /// `[server] pass_env` lists it.
+    pub fn child_env(&self) -> ChildEnv {
+        ChildEnv::new(
+            self.config.secret_env_vars.iter().cloned(),
+            self.config.server.pass_env.iter().cloned(),
+        )
+    }
+
     /// The browser-session pool over `store`, when `[sites.*]` are configured.
     pub fn session_pool(
         &self,
@@ -148,6 +159,7 @@ impl Context {
             SystemClock::shared(),
             self.config.sites.clone(),
         )
+        .and_then(|pool| pool.with_child_env(&self.child_env()))
         .context("invalid [sites] configuration")?;
         Ok(Some(Arc::new(pool)))
     }
@@ -172,7 +184,10 @@ impl Context {
         credentials.retain(|name, _| names.is_empty() || names.contains(&name.as_str()));
         Ok(authkeeper_login::reauth::LoginReauthenticator::from_config(
             &credentials,
-            authkeeper_login::reauth::ReauthSettings::default(),
+            authkeeper_login::reauth::ReauthSettings {
+                child_env: self.child_env(),
+                ..authkeeper_login::reauth::ReauthSettings::default()
+            },
         )?)
     }
 

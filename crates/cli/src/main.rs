@@ -17,6 +17,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.global, cli.command.default_log_level());
+    authkeeper_store::key::allow_insecure_key_files(cli.global.allow_insecure_key_file);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -259,7 +259,7 @@ async fn mock_pkce_failures_store_nothing() {
 #[tokio::test]
 async fn login_command_success_and_failures_keep_the_previous_tokens() {
     let idp = MockIdp::start(MockConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let script = dir.path().join("login.sh");
     // The script's behaviour comes from a file the test rewrites between runs.
     let mode = dir.path().join("mode");

@@ -58,8 +58,9 @@ struct Replica {
 
 impl Cluster {
     /// Starts Redis (AOF with fsync always, so a restart keeps the data), the mock IdP with
-    /// `knobs`, and writes a config with `store_extra` lines in `[store]`; imports a grant.
-    async fn start(knobs: Knobs, store_extra: &str) -> Cluster {
+    /// `knobs`, and writes a config with `store_extra` lines in `[store]` and the credential's
+    /// token request `timeout`; imports a grant.
+    async fn start(knobs: Knobs, store_extra: &str, timeout: &str) -> Cluster {
         let redis = tokio::task::spawn_blocking(|| {
             RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
         })
@@ -68,7 +69,7 @@ impl Cluster {
         let idp = MockIdp::start(MockConfig::default().with_knobs(knobs))
             .await
             .expect("mock idp");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = authkeeper_testkit::temp_dir();
         let client_key = NewKey::generate();
         let store_key = {
             use base64::Engine as _;
@@ -77,9 +78,9 @@ impl Cluster {
         };
         let config = format!(
             "[store]\nkind = \"redis\"\nurl = \"{url}\"\nprefix = \"{PREFIX}\"\n{store_extra}\n\n\
-             [[clients]]\nname = \"workers\"\nkey_sha256 = \"{hash}\"\ncredentials = [\"{CREDENTIAL}\"]\n\n\
+             [[clients]]\nname = \"workers\"\nkey_sha256 = \"{hash}\"\ncredentials = [\"{CREDENTIAL}\"]\npermissions = [\"token\", \"metrics\"]\n\n\
              [credentials.{CREDENTIAL}]\ntoken_url = \"{token_url}\"\nclient_id = \"mock-client\"\n\
-             client_secret = \"mock-secret\"\ntimeout = \"5s\"\n",
+             client_secret = \"mock-secret\"\ntimeout = \"{timeout}\"\n",
             url = redis.url(),
             hash = client_key.sha256(),
             token_url = idp.token_url(),
@@ -501,7 +502,7 @@ fn assert_grant_alive(stats: &Stats) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_300_workers_refresh_once_per_expiry() {
     const RUN_FOR: Duration = Duration::from_secs(60);
-    let mut cluster = Cluster::start(rotating_knobs(), "").await;
+    let mut cluster = Cluster::start(rotating_knobs(), "", "5s").await;
     cluster.spawn_replicas(3).await;
     let (tally, handles) = cluster.start_workers(300, &[0, 1, 2], RUN_FOR);
     join(handles).await;
@@ -577,12 +578,14 @@ async fn kill_the_holder_after_rotation(cluster: &mut Cluster) -> usize {
 }
 
 /// The replicas' config for the kill tests: a holder that dies blocks the others for one
-/// lease TTL at most.
+/// lease TTL at most. The lease must outlast the token request timeout by 1 s.
 const SHORT_LEASE: &str = "lease_ttl = \"3s\"";
+/// The token request timeout that [`SHORT_LEASE`] allows (the IdP answers within 1.5 s).
+const SHORT_TIMEOUT: &str = "2s";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_after_the_idp_rotated_loses_the_grant_loudly() {
-    let mut cluster = Cluster::start(rotating_knobs(), SHORT_LEASE).await;
+    let mut cluster = Cluster::start(rotating_knobs(), SHORT_LEASE, SHORT_TIMEOUT).await;
     cluster.spawn_replicas(3).await;
     let (tally, handles) = cluster.start_workers(300, &[0, 1, 2], Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -632,7 +635,7 @@ async fn a_replica_killed_after_the_idp_rotated_is_recovered_within_the_reuse_gr
         reuse_grace_ms: 10_000,
         ..rotating_knobs()
     };
-    let mut cluster = Cluster::start(knobs, SHORT_LEASE).await;
+    let mut cluster = Cluster::start(knobs, SHORT_LEASE, SHORT_TIMEOUT).await;
     cluster.spawn_replicas(3).await;
     let (tally, handles) = cluster.start_workers(300, &[0, 1, 2], Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -670,7 +673,7 @@ async fn a_replica_killed_after_the_idp_rotated_is_recovered_within_the_reuse_gr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restarted_mid_run_keeps_workers_served_and_replicas_recover() {
-    let mut cluster = Cluster::start(rotating_knobs(), "").await;
+    let mut cluster = Cluster::start(rotating_knobs(), "", "5s").await;
     cluster.spawn_replicas(3).await;
     let (tally, handles) = cluster.start_workers(300, &[0, 1, 2], Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -727,6 +730,11 @@ async fn redis_restarted_mid_run_keeps_workers_served_and_replicas_recover() {
     );
     let body = not_ready.expect("/readyz answered 503 while Redis was down");
     assert!(body.contains("store"), "reason in {body}");
+    let port = cluster.redis.port().to_string();
+    assert!(
+        !body.contains(&port) && !body.contains("127.0.0.1") && !body.contains(CREDENTIAL),
+        "/readyz tells strangers nothing about the store or the credentials: {body}"
+    );
     assert_grant_alive(&stats);
     assert_eq!(Tally::get(&tally.first_401), 0, "a 401 reached a worker");
     assert_eq!(Tally::get(&tally.final_401), 0, "a 401 reached a worker");
@@ -740,16 +748,18 @@ async fn redis_restarted_mid_run_keeps_workers_served_and_replicas_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fencing_refuses_the_writer_whose_lease_expired_mid_refresh() {
-    // The IdP takes 2.5 s; the lease lasts 1 s: replica 0's lease expires mid-refresh and
-    // replica 1 takes it over. The grace window lets both redemptions of the same refresh
-    // token succeed at the IdP, so only fencing keeps replica 0 from writing.
+    // A live holder renews its lease, so only a paused process (GC, SIGSTOP, a frozen VM) can
+    // lose it mid-refresh. The test plays the pause by expiring replica 0's lease in Redis
+    // while its token request (2.5 s at the IdP) runs; replica 1 takes the lease over. The
+    // grace window lets both redemptions of the same refresh token succeed at the IdP, so only
+    // fencing keeps replica 0 from writing.
     let knobs = Knobs {
         access_ttl_ms: 3_600_000,
         token_latency_ms: 2500,
         reuse_grace_ms: 30_000,
         ..rotating_knobs()
     };
-    let mut cluster = Cluster::start(knobs, "lease_ttl = \"1s\"").await;
+    let mut cluster = Cluster::start(knobs, "lease_ttl = \"6s\"", "5s").await;
     cluster.spawn_replicas(2).await;
     let reject = |index: usize| {
         let http = cluster.http.clone();
@@ -771,8 +781,24 @@ async fn fencing_refuses_the_writer_whose_lease_expired_mid_refresh() {
         })
     };
     let slow = reject(0);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.lease_field("in_flight").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "replica 0 never started refreshing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stale_owner = cluster.lease_field("owner");
     let taker = reject(1);
+    // Expire the lease until replica 1 holds it (replica 0 may renew in between).
+    let lease_key = format!("{PREFIX}{{cred:{CREDENTIAL}}}:lease");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while cluster.lease_field("owner") == stale_owner {
+        assert!(Instant::now() < deadline, "replica 1 never took the lease");
+        cluster.redis_cli(&["HSET", &lease_key, "expires_at", "0"]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (slow, taker) = (slow.await.expect("0"), taker.await.expect("1"));
     let stats = cluster.idp.stats();
     let metrics0 = cluster.metrics(0).await;
@@ -794,7 +820,7 @@ async fn fencing_refuses_the_writer_whose_lease_expired_mid_refresh() {
     assert!(
         cluster
             .log(0)
-            .contains("refreshed tokens discarded: another holder stored a newer generation")
+            .contains("refreshed tokens discarded: another holder took the refresh lease over")
     );
     assert!(metrics1.contains("authkeeper_lease_takeovers_total{credential=\"api\"} 1"));
     assert_eq!(cluster.generation(), 2, "exactly one token set was stored");
@@ -822,7 +848,7 @@ async fn fencing_refuses_the_writer_whose_lease_expired_mid_refresh() {
 /// a clear message (no key file is generated for Redis).
 #[tokio::test]
 async fn a_redis_store_without_a_key_is_refused() {
-    let cluster = Cluster::start(rotating_knobs(), "").await;
+    let cluster = Cluster::start(rotating_knobs(), "", "5s").await;
     let out = cluster
         .command(&["status"])
         .env_remove("AUTHKEEPER_KEY")
@@ -850,7 +876,7 @@ async fn a_password_url_from_the_environment_works_and_is_never_shown() {
         tokio::task::spawn_blocking(|| RedisServer::start_with(&["--requirepass", PASSWORD]))
             .await
             .expect("redis");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = authkeeper_testkit::temp_dir();
     let config = dir.path().join("authkeeper.toml");
     std::fs::write(
         &config,

@@ -14,6 +14,8 @@ async fn planted_secrets_stay_out_of_logs_output_and_files() {
     .await
     .expect("idp");
     let workspace = Workspace::with_credential("api", &idp.token_url(), "planted", CLIENT_SECRET);
+    // Inline secrets are for tests only: this config holds one on purpose.
+    authkeeper_testkit::expect_plaintext(&workspace.config());
     let grant = idp.mint_grant(None, None).expect("grant");
     let first_access = grant["access_token"].as_str().expect("access").to_owned();
     let first_refresh = grant["refresh_token"].as_str().expect("refresh").to_owned();

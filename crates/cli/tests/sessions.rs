@@ -112,6 +112,7 @@ async fn login_export_import_lease_release_and_bad_input() {
     assert_no_chromium_left(&ws);
 
     let state_file = ws.path().join("state.json");
+    authkeeper_testkit::expect_plaintext(&state_file);
     let export = run(
         &ws,
         &[

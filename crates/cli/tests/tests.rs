@@ -14,5 +14,6 @@ mod oidc_smoke;
 mod redis_server;
 mod replicas;
 mod secrets;
+mod security;
 mod sessions;
 mod support;

@@ -239,9 +239,67 @@ pub enum ConfigError {
     },
 }
 
+/// Checks that `url` (the value of `key`) is `http` or `https` with a host.
+fn check_http_url(name: &str, key: &str, url: &Url) -> Result<(), ConfigError> {
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            message: format!(
+                "{key} must be an http:// or https:// URL with a host (got `{}://`)",
+                url.scheme()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl CredentialConfig {
-    /// Validates the table and resolves its secret.
+    /// Checks the table without resolving its secret: one endpoint, `http(s)` URLs, a secret
+    /// where the auth method needs one, a valid refresh policy and positive durations.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if self.token_url.is_some() == self.issuer.is_some() {
+            return Err(ConfigError::Endpoint(name.to_owned()));
+        }
+        let urls = [
+            ("token_url", &self.token_url),
+            ("issuer", &self.issuer),
+            ("upstream", &self.upstream),
+            ("device_authorization_url", &self.device_authorization_url),
+            ("authorization_url", &self.authorization_url),
+            ("revocation_url", &self.revocation_url),
+        ];
+        for (key, url) in urls {
+            if let Some(url) = url {
+                check_http_url(name, key, url)?;
+            }
+        }
+        if self.client_secret.is_none() && self.auth_method != ClientAuth::None {
+            return Err(ConfigError::MissingSecret(name.to_owned()));
+        }
+        self.policy().validate().map_err(|e| ConfigError::Invalid {
+            name: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        if self.timeout.is_zero() || self.default_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: name.to_owned(),
+                message: "timeout and default_ttl must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn policy(&self) -> RefreshPolicy {
+        RefreshPolicy {
+            refresh_at: self.refresh_at,
+            clock_skew: self.clock_skew,
+            jitter: self.jitter,
+        }
+    }
+
+    /// Validates the table ([`CredentialConfig::validate`]) and resolves its secret.
     pub fn resolve(&self, name: &str) -> Result<CredentialSettings, ConfigError> {
+        self.validate(name)?;
         let endpoint = match (&self.token_url, &self.issuer) {
             (Some(url), None) => Endpoint::TokenUrl(url.clone()),
             (None, Some(issuer)) => Endpoint::Issuer(issuer.clone()),
@@ -256,24 +314,7 @@ impl CredentialConfig {
             )?)),
             None => None,
         };
-        if client_secret.is_none() && self.auth_method != ClientAuth::None {
-            return Err(ConfigError::MissingSecret(name.to_owned()));
-        }
-        let policy = RefreshPolicy {
-            refresh_at: self.refresh_at,
-            clock_skew: self.clock_skew,
-            jitter: self.jitter,
-        };
-        policy.validate().map_err(|e| ConfigError::Invalid {
-            name: name.to_owned(),
-            message: e.to_string(),
-        })?;
-        if self.timeout.is_zero() || self.default_ttl.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: name.to_owned(),
-                message: "timeout and default_ttl must be positive".into(),
-            });
-        }
+        let policy = self.policy();
         Ok(CredentialSettings {
             client: OAuthClientConfig {
                 endpoint,

@@ -124,6 +124,14 @@ pub enum Event<'a> {
         /// The login method (`command`).
         method: &'a str,
     },
+    /// A credential that needed re-authentication works again: a valid token set was stored
+    /// (by a login, an import or a login method, in any process sharing the store).
+    Recovered {
+        /// The credential.
+        name: &'a str,
+        /// The generation that works.
+        generation: u64,
+    },
     /// An automatic re-authentication attempt failed.
     ReauthFailed {
         /// The credential.
@@ -217,7 +225,7 @@ impl EventSink for LogSink {
             } => tracing::warn!(
                 credential = %name,
                 current_generation,
-                "refreshed tokens discarded: another holder stored a newer generation"
+                "refreshed tokens discarded: another holder took the refresh lease over"
             ),
             Event::LostInCrash { name, generation } => tracing::error!(
                 credential = %name,
@@ -241,6 +249,9 @@ impl EventSink for LogSink {
                 method,
             } => {
                 tracing::info!(credential = %name, generation, method, "re-authenticated automatically")
+            }
+            Event::Recovered { name, generation } => {
+                tracing::info!(credential = %name, generation, "credential works again after re-authentication")
             }
             Event::ReauthFailed {
                 name,

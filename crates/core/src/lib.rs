@@ -36,7 +36,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use config::{CredentialConfig, CredentialSettings};
 pub use error::{ErrorClass, RefreshError};
 pub use events::{Event, EventSink, Trigger};
-pub use keeper::{Keeper, KeeperError, KeeperSettings, Token};
+pub use keeper::{Keeper, KeeperError, KeeperSettings, Snapshot, Token};
 pub use name::{CredentialName, NameError, SiteName, TaskName};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use store::{

@@ -12,9 +12,9 @@ use authkeeper_core::policy::RefreshPolicy;
 use authkeeper_core::store::{CredentialSummary, LeaseAttempt};
 use authkeeper_core::{
     Clock, CredentialName, CredentialState, CredentialStatus, CredentialStore, ErrorClass, Event,
-    ExpiryDefaults, ExposeSecret, Keeper, KeeperError, Lease, ManualClock, MemoryStore,
-    Precondition, SharedClock, Store, StoreError, StoredCredential, SystemClock, Timestamp,
-    TokenResponse, TokenSet, WriteOutcome,
+    ExpiryDefaults, ExposeSecret, Keeper, KeeperError, KeeperSettings, Lease, ManualClock,
+    MemoryStore, Precondition, SharedClock, Store, StoreError, StoredCredential, SystemClock,
+    Timestamp, TokenResponse, TokenSet, WriteOutcome,
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use tokio::sync::mpsc;
@@ -519,6 +519,14 @@ impl CredentialStore for UnwritableStore {
     ) -> Result<Option<u64>, StoreError> {
         self.inner.mark_in_flight(lease, generation).await
     }
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.renew_lease(lease, now, ttl).await
+    }
 }
 
 #[tokio::test]
@@ -709,4 +717,92 @@ async fn reload_installs_a_newer_stored_generation() {
         Err(KeeperError::UnknownCredential(_))
     ));
     assert_eq!(idp.stats().refresh_calls, 0, "reload never refreshes");
+}
+
+/// Two Keepers on one store, a lease far shorter than the provider's answer time: the holder
+/// renews its lease while the token request runs, so the other never takes it over and redeems
+/// the same (rotating) refresh token a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_renews_its_lease_while_a_slow_token_request_runs() {
+    let clock = SystemClock::shared();
+    let slow = Knobs {
+        token_latency_ms: 1_200,
+        ..knobs(60_000)
+    };
+    let idp = start_idp(Arc::clone(&clock), slow).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(
+        &idp,
+        &*store,
+        "api",
+        clock.now() - Duration::from_secs(3_600),
+    )
+    .await;
+    let short_lease = KeeperSettings {
+        lease_ttl: Duration::from_millis(300),
+        lease_ttl_floor: false,
+        background_refresh: false,
+        ..KeeperSettings::default()
+    };
+    let keeper = |store: Arc<dyn Store>| {
+        Keeper::builder(store, Arc::clone(&clock))
+            .credential(
+                cred("api"),
+                settings(
+                    &idp,
+                    GrantKind::RefreshToken,
+                    ClientAuth::ClientSecretBasic,
+                    "mock-secret",
+                ),
+            )
+            .settings(short_lease.clone())
+            .build()
+            .expect("keeper")
+    };
+    let (first, second) = (keeper(Arc::clone(&store)), keeper(Arc::clone(&store)));
+    let (a, b) = tokio::join!(
+        first.token("api", Duration::ZERO),
+        second.token("api", Duration::ZERO)
+    );
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a.generation(), b.generation(), "one refresh, one token");
+    assert_eq!(a.secret().expose_secret(), b.secret().expose_secret());
+    let stats = idp.stats();
+    assert_eq!(stats.refresh_calls, 1, "{stats:?}");
+    assert_eq!(stats.reuse_detected, 0, "{stats:?}");
+}
+
+/// A rejection of a generation that was never issued forces no refresh (any client could make
+/// the broker hammer the provider otherwise); one stored by another process meanwhile is found.
+#[tokio::test]
+async fn a_rejection_of_a_future_generation_is_refused_without_a_refresh() {
+    let clock = SystemClock::shared();
+    let idp = start_idp(Arc::clone(&clock), knobs(60_000)).await;
+    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
+    let current = keeper.token("api", Duration::ZERO).await.expect("token");
+    assert_eq!(current.generation(), 1);
+    let error = keeper.rejected("api", 99).await.expect_err("never issued");
+    assert!(
+        matches!(
+            error,
+            KeeperError::UnknownGeneration {
+                reported: 99,
+                current: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(idp.stats().refresh_calls, 0);
+    // Another process stores generation 2: reporting it rejected is legitimate.
+    let other = api_keeper(&idp, Arc::clone(&store), Arc::clone(&clock), None);
+    other.rejected("api", 1).await.expect("refreshed elsewhere");
+    let token = keeper
+        .rejected("api", 2)
+        .await
+        .expect("refresh of generation 2");
+    assert_eq!(token.generation(), 3);
+    assert_eq!(idp.stats().refresh_calls, 2);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::{LoginError, MAX_BODY};
-use crate::process::{ShellCommand, ShellError, Stderr, run_shell};
+use crate::process::{ChildEnv, ShellCommand, ShellError, Stderr, run_shell};
 use authkeeper_core::token::{TokenResponse, TokenResponseError};
 
 /// An external login command to run.
@@ -23,7 +23,10 @@ pub struct LoginCommand {
     pub command: String,
     /// Kill it after this long.
     pub timeout: Duration,
-    /// Extra environment variables (never secrets: the command gets its own).
+    /// What it gets of our environment: [`ChildEnv::minimal`] (never the store key or a secret
+    /// the configuration references).
+    pub child_env: ChildEnv,
+    /// Variables set for it (`AUTHKEEPER_CREDENTIAL`, `AUTHKEEPER_CLIENT_ID`; never secrets).
     pub env: Vec<(String, String)>,
 }
 
@@ -42,6 +45,7 @@ impl fmt::Debug for LoginCommand {
 pub async fn run_login_command(command: &LoginCommand) -> Result<TokenResponse, LoginError> {
     let shell = ShellCommand {
         command: command.command.clone(),
+        base_env: command.child_env.minimal(),
         env: command
             .env
             .iter()

@@ -6,9 +6,15 @@
 //! when dropped, so a timed-out shell takes whatever it started with it. [`run_shell`] runs a
 //! `sh -c` command line with a timeout, reading its stdout up to a limit and keeping the tail of
 //! its stderr.
+//!
+//! [`ChildEnv`] decides what environment a child gets: never the store key or any variable the
+//! configuration names as a secret (`env:NAME`), unless the configuration passes it through.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fmt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -38,6 +44,93 @@ pub fn kill_process(pid: i32) {
     // SAFETY: kill(2) on a pid; it touches no memory.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// The prefix of authkeeper's own variables (`AUTHKEEPER_KEY`, `AUTHKEEPER_STORE`...): none of
+/// them is inherited by a child unless passed through; a child gets the ones meant for it set
+/// explicitly (`AUTHKEEPER_CREDENTIAL`, `AUTHKEEPER_URL`...).
+pub const OWN_PREFIX: &str = "AUTHKEEPER_";
+
+/// What a minimal child environment keeps from ours: what programs need to run, never a secret.
+const MINIMAL: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "XDG_RUNTIME_DIR",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// The environment children get, built once from the configuration.
+///
+/// A variable is *denied* when it is one of authkeeper's own ([`OWN_PREFIX`]) or named by the
+/// configuration as a secret (an `env:NAME` reference, the store key); a denied variable reaches
+/// a child only when the configuration passes it through (`[server] pass_env`).
+/// [`ChildEnv::inherited`] (the program of `authkeeper exec`) is our environment minus the denied
+/// variables; [`ChildEnv::minimal`] (login commands, browsers) keeps only what programs need to
+/// run (`PATH`, `HOME`, locale, `TZ`, `TMPDIR`...) plus what is passed through.
+#[derive(Clone, Default)]
+pub struct ChildEnv {
+    denied: Arc<BTreeSet<String>>,
+    passed: Arc<BTreeSet<String>>,
+}
+
+impl fmt::Debug for ChildEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Variable names only, never values.
+        f.debug_struct("ChildEnv")
+            .field("denied", &self.denied)
+            .field("passed", &self.passed)
+            .finish()
+    }
+}
+
+impl ChildEnv {
+    /// Denies `denied` (besides authkeeper's own variables) and passes `passed` through.
+    pub fn new(
+        denied: impl IntoIterator<Item = String>,
+        passed: impl IntoIterator<Item = String>,
+    ) -> ChildEnv {
+        ChildEnv {
+            denied: Arc::new(denied.into_iter().collect()),
+            passed: Arc::new(passed.into_iter().collect()),
+        }
+    }
+
+    /// Whether `name` may reach a child.
+    pub fn allows(&self, name: &str) -> bool {
+        self.passed.contains(name) || !(name.starts_with(OWN_PREFIX) || self.denied.contains(name))
+    }
+
+    /// Our environment minus the denied variables (for a program the user runs).
+    pub fn inherited(&self) -> Vec<(OsString, OsString)> {
+        std::env::vars_os()
+            .filter(|(name, _)| name.to_str().is_some_and(|name| self.allows(name)))
+            .collect()
+    }
+
+    /// The variables programs need to run (`PATH`, `HOME`, locale, `TZ`, `TMPDIR`...) and those
+    /// passed through, from our environment (for login commands and browsers).
+    pub fn minimal(&self) -> Vec<(OsString, OsString)> {
+        std::env::vars_os()
+            .filter(|(name, _)| {
+                name.to_str().is_some_and(|name| {
+                    self.passed.contains(name)
+                        || ((MINIMAL.contains(&name) || name.starts_with("LC_"))
+                            && self.allows(name))
+                })
+            })
+            .collect()
     }
 }
 
@@ -92,6 +185,9 @@ pub enum Stderr {
 pub struct ShellCommand {
     /// The command line.
     pub command: String,
+    /// The environment it starts from (nothing else of ours is inherited), usually
+    /// [`ChildEnv::minimal`].
+    pub base_env: Vec<(OsString, OsString)>,
     /// Variables added to the environment.
     pub env: Vec<(String, Zeroizing<String>)>,
     /// Kill the group after this long.
@@ -137,7 +233,8 @@ pub enum ShellError {
     TimedOut(Duration),
 }
 
-/// Runs `shell` through `sh -c` in its own process group with stdin closed. On timeout, or if
+/// Runs `shell` through `sh -c` in its own process group with stdin closed and only
+/// `base_env` and `env` as its environment. On timeout, or if
 /// this future is dropped, the whole group is killed and the shell reaped; once the shell has
 /// exited, whatever it left running in its group is killed too.
 pub async fn run_shell(shell: &ShellCommand) -> Result<ShellOutput, ShellError> {
@@ -151,6 +248,7 @@ pub async fn run_shell(shell: &ShellCommand) -> Result<ShellOutput, ShellError> 
             Stderr::Inherit => Stdio::inherit(),
             Stderr::Tail(_) => Stdio::piped(),
         });
+    process.env_clear().envs(shell.base_env.iter().cloned());
     for (key, value) in &shell.env {
         process.env(key, value.as_str());
     }
@@ -245,6 +343,7 @@ mod tests {
     fn shell(command: &str, timeout: Duration) -> ShellCommand {
         ShellCommand {
             command: command.to_owned(),
+            base_env: ChildEnv::default().minimal(),
             env: vec![("GREETING".to_owned(), Zeroizing::new("hi".to_owned()))],
             timeout,
             stdout_limit: 8,
@@ -269,6 +368,18 @@ mod tests {
             .expect("runs");
         assert!(long.truncated);
         assert_eq!(&long.stdout[..], b"01234567");
+    }
+
+    #[test]
+    fn child_env_denies_our_secrets_unless_passed() {
+        let env = ChildEnv::new(["CRM_SECRET".to_owned()], ["HTTP_PROXY".to_owned()]);
+        assert!(!env.allows("AUTHKEEPER_KEY"));
+        assert!(!env.allows("AUTHKEEPER_STORE"));
+        assert!(!env.allows("CRM_SECRET"));
+        assert!(env.allows("PATH") && env.allows("HTTP_PROXY"));
+        let passing = ChildEnv::new(Vec::new(), ["AUTHKEEPER_STORE".to_owned()]);
+        assert!(passing.allows("AUTHKEEPER_STORE"), "pass_env wins");
+        assert!(!format!("{env:?}").contains('='));
     }
 
     #[tokio::test]

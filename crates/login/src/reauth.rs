@@ -27,6 +27,7 @@ use authkeeper_core::reauth::{
 };
 use authkeeper_core::token::{ExpiryDefaults, TokenSet};
 
+use crate::process::ChildEnv;
 use crate::{LoginCommand, LoginSettings, run_login_command};
 
 /// How a credential is re-authenticated.
@@ -60,7 +61,13 @@ pub struct ReauthPlan {
 
 impl ReauthPlan {
     /// The plan of credential `name` from its configuration.
-    pub fn from_config(name: &str, config: &CredentialConfig) -> Result<ReauthPlan, ConfigError> {
+    /// A login command gets `child_env`'s minimal environment and `AUTHKEEPER_CREDENTIAL`,
+    /// `AUTHKEEPER_CLIENT_ID`.
+    pub fn from_config(
+        name: &str,
+        config: &CredentialConfig,
+        child_env: &ChildEnv,
+    ) -> Result<ReauthPlan, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             name: name.to_owned(),
             message,
@@ -74,7 +81,11 @@ impl ReauthPlan {
                     ReauthMethod::Command(LoginCommand {
                         command: command.clone(),
                         timeout: login.timeout_for(LoginMethod::Command),
-                        env: vec![("AUTHKEEPER_CREDENTIAL".to_owned(), name.to_owned())],
+                        child_env: child_env.clone(),
+                        env: vec![
+                            ("AUTHKEEPER_CREDENTIAL".to_owned(), name.to_owned()),
+                            ("AUTHKEEPER_CLIENT_ID".to_owned(), config.client_id.clone()),
+                        ],
                     })
                 }
                 (method, _) => ReauthMethod::Interactive(method),
@@ -104,12 +115,14 @@ impl ReauthPlan {
 }
 
 /// Retry settings of automatic re-authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReauthSettings {
     /// Delays between failed login command runs.
     pub backoff: Backoff,
     /// Runs before giving up (then a human must act; the failure is reported).
     pub max_attempts: u32,
+    /// What login commands get of our environment.
+    pub child_env: ChildEnv,
 }
 
 impl Default for ReauthSettings {
@@ -120,6 +133,7 @@ impl Default for ReauthSettings {
                 cap: Duration::from_secs(300),
             },
             max_attempts: 6,
+            child_env: ChildEnv::default(),
         }
     }
 }
@@ -158,7 +172,10 @@ impl LoginReauthenticator {
     ) -> Result<Self, ConfigError> {
         let plans = credentials
             .iter()
-            .map(|(name, config)| Ok((name.clone(), ReauthPlan::from_config(name, config)?)))
+            .map(|(name, config)| {
+                let plan = ReauthPlan::from_config(name, config, &settings.child_env)?;
+                Ok((name.clone(), plan))
+            })
             .collect::<Result<HashMap<_, _>, ConfigError>>()?;
         Ok(Self::new(plans, settings))
     }

@@ -10,6 +10,7 @@ use authkeeper_core::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use authkeeper_core::error::RefreshError;
 use authkeeper_core::grant::{ClientAuth, Endpoint, OAuthClient, OAuthClientConfig};
 use authkeeper_core::{ExpiryDefaults, ExposeSecret, SecretString};
+use authkeeper_login::process::ChildEnv;
 use authkeeper_login::{
     DeviceEvent, LoginClient, LoginCommand, LoginEndpoints, LoginError, PkceOptions, PollOptions,
     TokenTypeHint, run_login_command,
@@ -344,6 +345,7 @@ fn command(line: &str, timeout: Duration) -> LoginCommand {
         command: line.into(),
         timeout,
         env: vec![("AUTHKEEPER_CREDENTIAL".into(), "crm".into())],
+        child_env: ChildEnv::default(),
     }
 }
 
@@ -362,7 +364,7 @@ async fn login_command_output_becomes_a_token_response() {
 
 #[tokio::test]
 async fn login_command_timeout_kills_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let pid_file = dir.path().join("pid");
     let started = Instant::now();
     let error = run_login_command(&command(

@@ -15,6 +15,7 @@ use authkeeper_core::{
     ExposeSecret, Keeper, ManualClock, MemoryStore, SharedClock, Store, SystemClock, Timestamp,
     TokenResponse,
 };
+use authkeeper_login::process::ChildEnv;
 use authkeeper_login::reauth::{LoginReauthenticator, ReauthSettings};
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use serde_json::{Value, json};
@@ -70,7 +71,7 @@ async fn setup(
     )
     .await
     .expect("mock idp");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = authkeeper_testkit::temp_dir();
     let mut config = json!({
         "token_url": idp.token_url(),
         "client_id": "mock-client",
@@ -146,6 +147,7 @@ async fn setup(
 fn write_grant(idp: &MockIdp, dir: &Path) -> String {
     let grant = idp.mint_grant(None, None).expect("grant");
     std::fs::write(dir.join("grant.json"), grant.to_string()).expect("write grant");
+    authkeeper_testkit::expect_plaintext(&dir.join("grant.json"));
     grant["access_token"]
         .as_str()
         .expect("access token")
@@ -179,6 +181,7 @@ fn fast_retries(max_attempts: u32) -> ReauthSettings {
             cap: Duration::from_millis(40),
         },
         max_attempts,
+        child_env: ChildEnv::default(),
     }
 }
 

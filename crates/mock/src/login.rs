@@ -97,7 +97,7 @@ pub async fn device_authorization(
     };
     bump(&state.counters().device_authorizations);
     let now = state.now(&knobs);
-    let device_code = random_token(32);
+    let device_code = authkeeper_testkit::mark(random_token(32));
     let user_code = user_code();
     state
         .login()
@@ -303,7 +303,7 @@ pub async fn authorize(
     match error {
         Some(error) => params.push(("error", error)),
         None => {
-            let code = random_token(32);
+            let code = authkeeper_testkit::mark(random_token(32));
             let mut challenge = query.code_challenge.clone().unwrap_or_default();
             if knobs.pkce_corrupt_challenge {
                 challenge = URL_SAFE_NO_PAD.encode([0u8; 32]);

@@ -17,9 +17,10 @@ pub(crate) fn random_token(len: usize) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// An opaque access or refresh token: 32 random bytes, base64url.
+/// An opaque access or refresh token: 32 random bytes, base64url (marked for the planted-secret
+/// scan while `scripts/test` runs, see [`authkeeper_testkit::mark`]).
 pub(crate) fn opaque_token() -> String {
-    random_token(32)
+    authkeeper_testkit::mark(random_token(32))
 }
 
 /// What goes into a JWT-shaped access token's payload.
@@ -49,7 +50,7 @@ pub(crate) fn jwt_token(claims: &JwtClaims<'_>) -> String {
         "{}.{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(payload.to_string()),
-        random_token(32)
+        authkeeper_testkit::mark(random_token(32))
     )
 }
 

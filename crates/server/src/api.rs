@@ -18,7 +18,8 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ClientIdentity;
-use crate::authorize::{Authorized, Credential};
+use crate::authorize::{Authorized, StatusOf, TokenOf};
+use crate::config::Permission;
 use crate::problem::{Problem, ProblemType};
 use crate::state::AppState;
 
@@ -80,7 +81,7 @@ const MAX_MIN_TTL: u64 = 365 * 24 * 3600;
 /// `GET /v1/credentials/{name}/token`.
 pub(crate) async fn token(
     State(state): State<AppState>,
-    Authorized { client, name }: Authorized<Credential>,
+    Authorized { client, name }: Authorized<TokenOf>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let (min_ttl, wait) = match query {
@@ -127,7 +128,7 @@ struct RejectedBody {
 /// `POST /v1/credentials/{name}/rejected`.
 pub(crate) async fn rejected(
     State(state): State<AppState>,
-    Authorized { client, name }: Authorized<Credential>,
+    Authorized { client, name }: Authorized<TokenOf>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -285,7 +286,7 @@ pub(crate) async fn list(
 /// `GET /v1/credentials/{name}`.
 pub(crate) async fn status(
     State(state): State<AppState>,
-    Authorized { name, .. }: Authorized<Credential>,
+    Authorized { name, .. }: Authorized<StatusOf>,
 ) -> Result<Response, Problem> {
     let record = state.keeper().store().load(&name).await.map_err(|error| {
         tracing::warn!(credential = %name, error = %error, "store load failed");
@@ -308,12 +309,16 @@ pub(crate) async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: warm-up finished, the readiness probe (e.g. Redis health) passes and the store
-/// answers.
+/// answers. The answer says ready or not, nothing more: no credential name, error text or host
+/// (those go to the log).
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if !state.readiness().is_warmed_up() {
-        return Problem::new(ProblemType::NotReady, "loading credentials from the store")
+    let not_ready = |kind, detail: &str| {
+        Problem::new(kind, detail)
             .with_retry_after(Duration::from_secs(1))
-            .into_response();
+            .into_response()
+    };
+    if !state.readiness().is_warmed_up() {
+        return not_ready(ProblemType::NotReady, "still loading");
     }
     if let Some(probe) = state.readiness_probe() {
         let reason = match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe.check()).await {
@@ -323,65 +328,56 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         };
         if let Some(reason) = reason {
             tracing::warn!(reason = %reason, "readiness: not ready");
-            return Problem::new(ProblemType::StoreUnavailable, reason)
-                .with_retry_after(Duration::from_secs(1))
-                .into_response();
+            return not_ready(ProblemType::StoreUnavailable, "the store is unavailable");
         }
     }
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.keeper().store().list()).await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
         Ok(Err(error)) => {
             tracing::warn!(error = %error, "readiness: store failed");
-            return Problem::new(ProblemType::StoreUnavailable, "the store failed")
-                .with_retry_after(Duration::from_secs(1))
-                .into_response();
+            not_ready(ProblemType::StoreUnavailable, "the store is unavailable")
         }
         Err(_) => {
-            return Problem::new(
-                ProblemType::StoreUnavailable,
-                "the store did not answer in time",
-            )
-            .with_retry_after(Duration::from_secs(1))
-            .into_response();
+            tracing::warn!("readiness: the store did not answer in time");
+            not_ready(ProblemType::StoreUnavailable, "the store is unavailable")
         }
     }
-    let failures: Vec<_> = state
-        .readiness()
-        .failures()
-        .into_iter()
-        .map(|f| {
-            serde_json::json!({ "credential": f.credential, "class": f.class, "detail": f.detail })
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "status": "ready", "warm_up_failures": failures }))
-        .into_response()
 }
 
-/// `GET /metrics`.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let keeper = state.keeper();
-    if let Ok(Ok(summaries)) =
-        tokio::time::timeout(STORE_PROBE_TIMEOUT, keeper.store().list()).await
+/// `GET /metrics`: counters and gauges kept in memory (a scrape never reads the store). With
+/// `[server] metrics_auth` (the default) the route is behind the client-key middleware and needs
+/// the `metrics` permission.
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientIdentity>>,
+) -> Result<Response, Problem> {
+    if state.config().metrics_auth
+        && !client.is_some_and(|Extension(client)| client.can(Permission::Metrics))
     {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            "this client key lacks the `metrics` permission",
+        ));
+    }
+    let keeper = state.keeper();
+    state
+        .metrics()
+        .update_credentials(keeper, keeper.clock().now());
+    if let Some(pool) = state.sessions() {
         state
             .metrics()
-            .update_credentials(&summaries, keeper, keeper.clock().now());
-    }
-    if let Some(pool) = state.sessions()
-        && let Ok(Ok(sessions)) = tokio::time::timeout(STORE_PROBE_TIMEOUT, pool.list(None)).await
-    {
-        state.metrics().update_sessions(pool.counters(), &sessions);
+            .update_sessions(pool.counters(), &pool.census());
     }
     match state.metrics().encode() {
-        Ok(text) => (
+        Ok(text) => Ok((
             [(
                 CONTENT_TYPE,
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             )],
             text,
         )
-            .into_response(),
-        Err(_) => Problem::internal("metrics could not be encoded").into_response(),
+            .into_response()),
+        Err(_) => Err(Problem::internal("metrics could not be encoded")),
     }
 }
 

@@ -13,7 +13,7 @@ use rand::RngCore as _;
 
 use crate::api;
 use crate::auth::ClientIdentity;
-use crate::authorize::{Authorized, Credential};
+use crate::authorize::{Authorized, ProxyTo};
 use crate::checkpoints;
 use crate::problem::{Problem, ProblemType};
 use crate::sessions;
@@ -189,7 +189,7 @@ fn new_request_id() -> String {
 /// `ANY /proxy/{name}/{path...}`: forwards to the credential's upstream.
 async fn proxy(
     State(state): State<AppState>,
-    Authorized { name, .. }: Authorized<Credential>,
+    Authorized { name, .. }: Authorized<ProxyTo>,
     request: Request,
 ) -> Result<Response, Problem> {
     if !state.has_upstream(&name) {

@@ -16,7 +16,7 @@ use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Permission, Permissions};
 
 /// The prefix of every generated client key.
 pub const KEY_PREFIX: &str = "ak_";
@@ -31,9 +31,21 @@ pub enum ClientKeyError {
     /// Two clients share a name or a key.
     #[error("client `{0}` is configured twice (same name or same key)")]
     Duplicate(String),
-    /// A client name is empty.
-    #[error("a [[clients]] entry has an empty name")]
-    EmptyName,
+    /// A client name outside the rule.
+    #[error(
+        "client name {0:?}: use 1-64 ASCII letters, digits, '_' or '-' (no '.': a client's own checkpoint tasks are NAME and NAME.anything)"
+    )]
+    InvalidName(String),
+}
+
+/// Whether `name` is a valid client name: 1-64 ASCII letters, digits, `_` or `-`. No `.`, so
+/// that the tasks a client owns (`NAME`, `NAME.anything`) can never be another client's.
+pub fn is_valid_client_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// What a client may use.
@@ -47,6 +59,7 @@ enum Allowed {
 #[derive(Clone)]
 pub struct ClientIdentity {
     name: Arc<str>,
+    permissions: Permissions,
     credentials: Arc<Allowed>,
     checkpoints: Arc<Allowed>,
     sites: Arc<Allowed>,
@@ -56,6 +69,11 @@ impl ClientIdentity {
     /// The client's configured name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this client has `permission`.
+    pub fn can(&self, permission: Permission) -> bool {
+        self.permissions.contains(permission)
     }
 
     /// Whether this client may use `credential` (`"*"` in its list allows all).
@@ -75,12 +93,12 @@ impl ClientIdentity {
     }
 
     /// Whether this client may read and write the checkpoint of `task`: the task named like
-    /// the client, tasks starting with its name and `.`, `-` or `_`, and the tasks listed in its
-    /// `checkpoints` (`"*"` allows all).
+    /// the client, the tasks `NAME.anything`, and the tasks listed in its `checkpoints` (`"*"`
+    /// allows all). Client names contain no `.`, so no client owns another's tasks.
     pub fn may_use_checkpoint(&self, task: &str) -> bool {
         let own = task
             .strip_prefix(&*self.name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-', '_']));
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
         own || match &*self.checkpoints {
             Allowed::All => true,
             Allowed::Only(names) => names.contains(task),
@@ -119,8 +137,10 @@ impl ClientKeys {
     pub fn new(configs: &[ClientConfig]) -> Result<ClientKeys, ClientKeyError> {
         let mut clients: Vec<Client> = Vec::with_capacity(configs.len());
         for config in configs {
-            if config.name.is_empty() {
-                return Err(ClientKeyError::EmptyName);
+            if !is_valid_client_name(&config.name) {
+                return Err(ClientKeyError::InvalidName(
+                    config.name.chars().take(64).collect(),
+                ));
             }
             let mut hash = [0u8; 32];
             hex::decode_to_slice(config.key_sha256.trim(), &mut hash)
@@ -150,6 +170,7 @@ impl ClientKeys {
                 hash,
                 identity: ClientIdentity {
                     name: Arc::from(config.name.as_str()),
+                    permissions: Permissions::of(config),
                     credentials: Arc::new(credentials),
                     checkpoints: Arc::new(checkpoints),
                     sites: Arc::new(sites),
@@ -226,7 +247,7 @@ impl NewKey {
     pub fn config_snippet(&self, name: &str) -> String {
         let name = toml_string(name);
         format!(
-            "[[clients]]\nname = {name}\nkey_sha256 = \"{}\"\ncredentials = []\n",
+            "[[clients]]\nname = {name}\nkey_sha256 = \"{}\"\ncredentials = []\n# permissions = [\"token\", \"proxy\", \"checkpoints\"]  # the default; add \"sessions\" (with sites = [...]) or \"metrics\"\n",
             self.sha256
         )
     }
@@ -267,6 +288,7 @@ mod tests {
             credentials: credentials.iter().map(|s| s.to_string()).collect(),
             sites: vec![],
             checkpoints: vec![],
+            permissions: None,
         }
     }
 
@@ -279,6 +301,34 @@ mod tests {
         assert!(a.may_use("crm") && !a.may_use("other"));
         assert!(keys.authenticate("kb").expect("b").may_use("anything"));
         assert!(keys.authenticate("kc").is_none());
+    }
+
+    #[test]
+    fn checkpoint_tasks_are_owned_exactly() {
+        let keys = ClientKeys::new(&[client("crm", "k1", &[]), client("crm-sync", "k2", &[])])
+            .expect("valid");
+        let crm = keys.authenticate("k1").expect("crm");
+        assert!(crm.may_use_checkpoint("crm") && crm.may_use_checkpoint("crm.nightly"));
+        for other in ["crm-sync", "crm_x", "crm-sync.job", "crmx"] {
+            assert!(!crm.may_use_checkpoint(other), "{other}");
+        }
+        let mut dotted = client("crm.sync", "k3", &[]);
+        assert!(ClientKeys::new(std::slice::from_ref(&dotted)).is_err());
+        dotted.name = String::new();
+        assert!(ClientKeys::new(&[dotted]).is_err());
+    }
+
+    #[test]
+    fn permissions_default_and_explicit() {
+        let mut proxy_only = client("p", "kp", &["crm"]);
+        proxy_only.permissions = Some(vec![Permission::Proxy]);
+        let keys = ClientKeys::new(&[client("d", "kd", &["crm"]), proxy_only]).expect("valid");
+        let default = keys.authenticate("kd").expect("d");
+        assert!(default.can(Permission::Token) && default.can(Permission::Proxy));
+        assert!(default.can(Permission::Checkpoints) && !default.can(Permission::Metrics));
+        assert!(!default.can(Permission::Sessions), "no sites: no sessions");
+        let proxy = keys.authenticate("kp").expect("p");
+        assert!(proxy.can(Permission::Proxy) && !proxy.can(Permission::Token));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! client-key middleware) and the resource named in the path, validates the name once, and
 //! checks that the caller may use it — or answers the problem.
 //!
-//! A resource kind says how its name is parsed and who may use it ([`Resource`]):
-//! [`Credential`] (`{name}`), [`Task`] (`{task}`), [`Site`] (`{site}`) and [`Lease`]
-//! (`{lease_id}`). An unknown resource gets the same answer as a forbidden one, so a client
-//! cannot probe which names exist.
+//! A resource kind says how its name is parsed, which permission of the client key it needs, and
+//! who may use it ([`Resource`]): [`TokenOf`], [`ProxyTo`] and [`StatusOf`] a credential
+//! (`{name}`), [`Task`] (`{task}`), [`Site`] (`{site}`) and [`Lease`] (`{lease_id}`). An unknown
+//! resource gets the same answer as a forbidden one, so a client cannot probe which names
+//! exist.
 
 use axum::extract::{FromRequestParts, Path};
 use http::request::Parts;
@@ -13,6 +14,7 @@ use http::request::Parts;
 use authkeeper_core::name::{CredentialName, SiteName, TaskName};
 
 use crate::auth::ClientIdentity;
+use crate::config::Permission;
 use crate::problem::{Problem, ProblemType};
 use crate::state::AppState;
 
@@ -61,17 +63,39 @@ impl<R: Resource> FromRequestParts<AppState> for Authorized<R> {
     }
 }
 
+fn missing(permission: Permission) -> Problem {
+    Problem::new(
+        ProblemType::Forbidden,
+        format!(
+            "this client key lacks the `{}` permission",
+            permission.as_str()
+        ),
+    )
+}
+
 fn invalid_name(what: &str) -> Problem {
     Problem::invalid_request(format!(
         "a {what} is 1-128 ASCII letters, digits, '.', '_' or '-'"
     ))
 }
 
-/// A credential (`/v1/credentials/{name}`, `/proxy/{name}`): configured and in the client's
-/// `credentials`.
-pub(crate) struct Credential;
+/// `name` as a configured credential the client may use.
+fn credential(
+    state: &AppState,
+    client: &ClientIdentity,
+    text: &str,
+) -> Result<CredentialName, Problem> {
+    let name = CredentialName::new(text).map_err(|_| invalid_name("credential name"))?;
+    if !client.may_use(&name) || !state.is_configured(&name) {
+        return Err(Problem::forbidden());
+    }
+    Ok(name)
+}
 
-impl Resource for Credential {
+/// A credential's tokens (`/v1/credentials/{name}/token`, `rejected`): permission `token`.
+pub(crate) struct TokenOf;
+
+impl Resource for TokenOf {
     type Name = CredentialName;
     const PARAM: &'static str = "name";
 
@@ -80,11 +104,48 @@ impl Resource for Credential {
         client: &ClientIdentity,
         text: &str,
     ) -> Result<CredentialName, Problem> {
-        let name = CredentialName::new(text).map_err(|_| invalid_name("credential name"))?;
-        if !client.may_use(&name) || !state.is_configured(&name) {
-            return Err(Problem::forbidden());
+        if !client.can(Permission::Token) {
+            return Err(missing(Permission::Token));
         }
-        Ok(name)
+        credential(state, client, text)
+    }
+}
+
+/// A credential's upstream (`/proxy/{name}/...`): permission `proxy`.
+pub(crate) struct ProxyTo;
+
+impl Resource for ProxyTo {
+    type Name = CredentialName;
+    const PARAM: &'static str = "name";
+
+    fn authorize(
+        state: &AppState,
+        client: &ClientIdentity,
+        text: &str,
+    ) -> Result<CredentialName, Problem> {
+        if !client.can(Permission::Proxy) {
+            return Err(missing(Permission::Proxy));
+        }
+        credential(state, client, text)
+    }
+}
+
+/// A credential's status (`/v1/credentials/{name}`): permission `token` or `proxy`.
+pub(crate) struct StatusOf;
+
+impl Resource for StatusOf {
+    type Name = CredentialName;
+    const PARAM: &'static str = "name";
+
+    fn authorize(
+        state: &AppState,
+        client: &ClientIdentity,
+        text: &str,
+    ) -> Result<CredentialName, Problem> {
+        if !client.can(Permission::Token) && !client.can(Permission::Proxy) {
+            return Err(missing(Permission::Token));
+        }
+        credential(state, client, text)
     }
 }
 
@@ -101,6 +162,9 @@ impl Resource for Task {
         client: &ClientIdentity,
         text: &str,
     ) -> Result<TaskName, Problem> {
+        if !client.can(Permission::Checkpoints) {
+            return Err(missing(Permission::Checkpoints));
+        }
         let task = TaskName::new(text).map_err(|_| invalid_name("task name"))?;
         if !client.may_use_checkpoint(&task) {
             return Err(Problem::new(
@@ -125,6 +189,9 @@ impl Resource for Site {
         client: &ClientIdentity,
         text: &str,
     ) -> Result<SiteName, Problem> {
+        if !client.can(Permission::Sessions) {
+            return Err(missing(Permission::Sessions));
+        }
         let site = SiteName::new(text).map_err(|_| invalid_name("site name"))?;
         let configured = state
             .sessions()

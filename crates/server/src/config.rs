@@ -34,9 +34,15 @@ pub struct ServerConfig {
     /// Longest time one API request may take, including a refresh it waits for (default 30s).
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Require a client key for `GET /metrics` too (default false).
-    #[serde(default)]
+    /// Require a client key with the `metrics` permission for `GET /metrics` (default true).
+    /// Turn off only where the scrape network is private: the metrics name credentials.
+    #[serde(default = "defaults::metrics_auth")]
     pub metrics_auth: bool,
+    /// Environment variables that children (the program of `authkeeper exec`, login commands,
+    /// Chromium) may inherit although the configuration references them as secrets (e.g.
+    /// `HTTP_PROXY`). Nothing else of ours that is secret reaches a child.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// How long shutdown waits for in-flight requests before closing connections (default 10s).
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -52,7 +58,8 @@ impl Default for ServerConfig {
             proxy_timeout: defaults::proxy_timeout(),
             header_timeout: defaults::header_timeout(),
             request_timeout: defaults::request_timeout(),
-            metrics_auth: false,
+            metrics_auth: defaults::metrics_auth(),
+            pass_env: Vec::new(),
             shutdown_grace: defaults::shutdown_grace(),
         }
     }
@@ -136,11 +143,99 @@ pub struct ClientConfig {
     /// Browser-session sites this client may lease sessions of; `"*"` allows every site.
     #[serde(default)]
     pub sites: Vec<String>,
-    /// Checkpoint tasks this client may read and write besides its own (a client may always use
-    /// the task named like it and tasks starting with its name and `.`, `-` or `_`); `"*"`
-    /// allows every task.
+    /// Checkpoint tasks this client may read and write besides its own (the task named like the
+    /// client and the tasks `NAME.anything`); `"*"` allows every task.
     #[serde(default)]
     pub checkpoints: Vec<String>,
+    /// What the client may do (default `token`, `proxy`, `checkpoints`, and `sessions` when
+    /// `sites` is set). A key with `proxy` but not `token` uses the proxy without ever seeing a
+    /// token.
+    #[serde(default)]
+    pub permissions: Option<Vec<Permission>>,
+}
+
+/// Something a client key may be allowed to do (`permissions = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Permission {
+    /// Read tokens (`/v1/credentials/{name}/token`, `rejected`, status).
+    #[serde(rename = "token")]
+    Token,
+    /// Call APIs through the credential-injecting proxy (`/proxy/{name}/...`), and read status.
+    #[serde(rename = "proxy")]
+    Proxy,
+    /// Lease browser sessions of its `sites`.
+    #[serde(rename = "sessions")]
+    Sessions,
+    /// Open live browsers (reserved).
+    #[serde(rename = "browsers")]
+    Browsers,
+    /// Read and write its checkpoints.
+    #[serde(rename = "checkpoints")]
+    Checkpoints,
+    /// Create and delete connections (reserved).
+    #[serde(rename = "credentials:write")]
+    CredentialsWrite,
+    /// Scrape `/metrics`.
+    #[serde(rename = "metrics")]
+    Metrics,
+    /// Sign in to the console (reserved).
+    #[serde(rename = "console")]
+    Console,
+}
+
+impl Permission {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Token => "token",
+            Permission::Proxy => "proxy",
+            Permission::Sessions => "sessions",
+            Permission::Browsers => "browsers",
+            Permission::Checkpoints => "checkpoints",
+            Permission::CredentialsWrite => "credentials:write",
+            Permission::Metrics => "metrics",
+            Permission::Console => "console",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of [`Permission`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Permissions(u16);
+
+impl Permissions {
+    /// The permissions of a `[[clients]]` entry: its explicit list, or the defaults.
+    pub fn of(config: &ClientConfig) -> Permissions {
+        match &config.permissions {
+            Some(list) => list.iter().copied().collect(),
+            None => {
+                let mut defaults = vec![
+                    Permission::Token,
+                    Permission::Proxy,
+                    Permission::Checkpoints,
+                ];
+                if !config.sites.is_empty() {
+                    defaults.push(Permission::Sessions);
+                }
+                defaults.into_iter().collect()
+            }
+        }
+    }
+
+    /// Whether `permission` is in the set.
+    pub fn contains(self, permission: Permission) -> bool {
+        self.0 & permission.bit() != 0
+    }
+}
+
+impl FromIterator<Permission> for Permissions {
+    fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
+        Permissions(iter.into_iter().fold(0, |bits, p| bits | p.bit()))
+    }
 }
 
 impl fmt::Debug for ClientConfig {
@@ -151,6 +246,7 @@ impl fmt::Debug for ClientConfig {
             .field("credentials", &self.credentials)
             .field("sites", &self.sites)
             .field("checkpoints", &self.checkpoints)
+            .field("permissions", &self.permissions)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +271,9 @@ mod defaults {
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn metrics_auth() -> bool {
+        true
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::atomic::AtomicU64;
 
 use authkeeper_core::events::{Event, EventSink};
-use authkeeper_core::{CredentialState, CredentialSummary, Keeper, Timestamp};
+use authkeeper_core::{CredentialState, Keeper, Timestamp};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -152,7 +152,7 @@ impl Metrics {
         let writes_fenced = Family::<CredentialLabel, Counter>::default();
         registry.register(
             "writes_fenced",
-            "Refreshed token sets refused by fencing because another holder stored a newer generation",
+            "Refreshed token sets refused by fencing because another holder took the refresh lease over",
             writes_fenced.clone(),
         );
         let lease_takeovers = Family::<CredentialLabel, Counter>::default();
@@ -201,47 +201,40 @@ impl Metrics {
             .inc();
     }
 
-    /// Recomputes the per-credential gauges from the store's summaries and the Keeper.
-    pub fn update_credentials(
-        &self,
-        summaries: &[CredentialSummary],
-        keeper: &Keeper,
-        now: Timestamp,
-    ) {
+    /// Recomputes the per-credential gauges from what the Keeper holds in memory (a scrape never
+    /// reads the store).
+    pub fn update_credentials(&self, keeper: &Keeper, now: Timestamp) {
         let mut needing_reauth = 0;
-        for summary in summaries {
-            let label = CredentialLabel {
-                credential: summary.name.to_string(),
+        for name in keeper.credential_names() {
+            let Some(snapshot) = keeper.snapshot(name) else {
+                continue;
             };
-            self.token_expiry
-                .get_or_create(&label)
-                .set(summary.expires_at.millis_since(now) as f64 / 1000.0);
-            let state = keeper
-                .status(&summary.name)
-                .filter(|s| *s != Default::default())
-                .map_or(summary.status.state, |s| s.state);
-            if state == CredentialState::NeedsReauth {
+            let label = CredentialLabel {
+                credential: name.to_string(),
+            };
+            if let Some(expires_at) = snapshot.expires_at {
+                self.token_expiry
+                    .get_or_create(&label)
+                    .set(expires_at.millis_since(now) as f64 / 1000.0);
+            }
+            if snapshot.status.state == CredentialState::NeedsReauth {
                 needing_reauth += 1;
             }
-        }
-        self.needing_reauth.set(needing_reauth);
-        for name in keeper.credential_names() {
             if let Some(circuit) = keeper.circuit_state(name) {
                 self.circuit_state
-                    .get_or_create(&CredentialLabel {
-                        credential: name.to_string(),
-                    })
+                    .get_or_create(&label)
                     .set(i64::from(circuit.code()));
             }
         }
+        self.needing_reauth.set(needing_reauth);
     }
 
-    /// Brings the session metrics up to date with the pool's counters and `sessions` (called at
-    /// every scrape).
+    /// Brings the session metrics up to date with the pool's counters and its last census
+    /// (taken by the janitor; a scrape never reads the store).
     pub fn update_sessions(
         &self,
         counters: &authkeeper_session::pool::PoolCounters,
-        sessions: &[authkeeper_session::SessionSummary],
+        census: &[authkeeper_session::pool::SiteCensus],
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let events = [
@@ -269,26 +262,16 @@ impl Metrics {
                 counter.inc_by(total - seen);
             }
         }
-        let mut by_state: std::collections::HashMap<(String, &'static str), i64> =
-            std::collections::HashMap::new();
-        for session in sessions {
-            *by_state
-                .entry((session.site.to_string(), session.state.as_str()))
-                .or_default() += 1;
-            if session.leased_by.is_some() {
-                *by_state
-                    .entry((session.site.to_string(), "leased"))
-                    .or_default() += 1;
-            }
-        }
         self.sessions.clear();
-        for ((site, state), count) in by_state {
-            self.sessions
-                .get_or_create(&SiteStateLabels {
-                    site,
-                    state: state.to_owned(),
-                })
-                .set(count);
+        for site in census {
+            for (state, count) in site.counts() {
+                self.sessions
+                    .get_or_create(&SiteStateLabels {
+                        site: site.site.to_string(),
+                        state: state.to_owned(),
+                    })
+                    .set(count);
+            }
         }
     }
 

@@ -7,12 +7,16 @@
 //! - a credential whose login needs a human (device or PKCE) goes to `needs_reauth`;
 //! - the scheduled re-login of such a credential is due (`"event": "relogin_due"`, with the
 //!   session's `expires_at`), so a human can log in before the session dies;
-//! - the automatic re-authentication of a credential (login command) gave up.
+//! - the automatic re-authentication of a credential (login command) gave up;
+//! - a credential that needed re-authentication works again (`"event": "recovered"`).
 //!
 //! The body is JSON: `{"event", "credential", "reason", "login_hint", "at", "expires_at"?}`.
-//! With a `webhook_secret`, the header `X-Authkeeper-Signature: sha256=<hex>` carries the
-//! HMAC-SHA256 of the exact body bytes under that secret (see [`sign`]). Neither the secret nor
-//! any token appears in a notice, a log line or an error.
+//! Every delivery carries `X-Authkeeper-Delivery: <id>` (the same id on every retry of one
+//! notice, so receivers can drop duplicates). With a `webhook_secret`, the header
+//! `X-Authkeeper-Signature: t=<unix seconds>,v1=<hex>` carries the HMAC-SHA256, under that
+//! secret, of `"{t}.{delivery id}.{body}"` (see [`sign`] and [`verify`]): a receiver that checks
+//! the timestamp against its clock refuses replays. Neither the secret nor any token appears in a
+//! notice, a log line or an error.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -32,6 +36,10 @@ use url::Url;
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-authkeeper-signature";
+/// The delivery id header.
+pub const DELIVERY_HEADER: &str = "x-authkeeper-delivery";
+/// How far a signature's timestamp may be from the receiver's clock in [`verify`].
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// The `[notify]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,7 +93,7 @@ pub enum NotifyError {
 /// One notice, as POSTed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Notice {
-    /// `needs_reauth`, `relogin_due` or `reauth_failed`.
+    /// `needs_reauth`, `relogin_due`, `reauth_failed` or `recovered`.
     pub event: &'static str,
     /// The credential.
     pub credential: String,
@@ -100,21 +108,92 @@ pub struct Notice {
     pub expires_at: Option<String>,
 }
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`, the value of [`SIGNATURE_HEADER`].
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
+fn mac(secret: &[u8], timestamp: i64, delivery: &str, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length: this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(delivery.as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// `t=<timestamp>,v1=<hex of HMAC-SHA256(secret, "{timestamp}.{delivery}.{body}")>`, the value
+/// of [`SIGNATURE_HEADER`] for a delivery sent at `timestamp` (Unix seconds).
+pub fn sign(secret: &[u8], timestamp: i64, delivery: &str, body: &[u8]) -> String {
+    let tag = mac(secret, timestamp, delivery, body)
+        .finalize()
+        .into_bytes();
+    format!("t={timestamp},v1={}", hex::encode(tag))
+}
+
+/// Why [`verify`] refused a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The header is not `t=<digits>,v1=<hex>`.
+    #[error("malformed signature header")]
+    Malformed,
+    /// The timestamp is further than the tolerance from now (a replay, or a wrong clock).
+    #[error("the signature timestamp is outside the tolerance")]
+    Stale,
+    /// No `v1` signature matches.
+    #[error("the signature does not match")]
+    Mismatch,
+}
+
+/// Checks a delivery as a receiver would: the signature header, the delivery id header and the
+/// exact body bytes, with the timestamp within [`SIGNATURE_TOLERANCE`] of `now` (Unix seconds).
+/// Compares in constant time.
+pub fn verify(
+    secret: &[u8],
+    header: &str,
+    delivery: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), VerifyError> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => signatures.push(value),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(VerifyError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(VerifyError::Malformed);
+    }
+    if timestamp.abs_diff(now) > SIGNATURE_TOLERANCE.as_secs() {
+        return Err(VerifyError::Stale);
+    }
+    let expected = mac(secret, timestamp, delivery, body);
+    let matches = signatures.iter().any(|signature| {
+        hex::decode(signature).is_ok_and(|tag| expected.clone().verify_slice(&tag).is_ok())
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch)
+    }
+}
+
+/// A fresh delivery id: 16 random bytes, hex.
+fn delivery_id() -> String {
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    hex::encode(id)
 }
 
 /// Sends re-authentication notices to a webhook; register it as a Keeper event sink.
 pub struct Notifier {
     queue: mpsc::Sender<Notice>,
     automatic: HashSet<String>,
+    /// Automatic credentials whose re-authentication gave up (a human was told to act).
+    failed: std::sync::Mutex<HashSet<String>>,
     clock: SharedClock,
 }
 
@@ -133,6 +212,7 @@ struct Delivery {
     secret: Option<SecretString>,
     backoff: Backoff,
     max_attempts: u32,
+    clock: SharedClock,
 }
 
 impl Notifier {
@@ -168,6 +248,7 @@ impl Notifier {
                 cap: Duration::from_secs(300),
             },
             max_attempts: config.max_attempts.max(1),
+            clock: Arc::clone(&clock),
         });
         let (queue, mut notices) = mpsc::channel::<Notice>(256);
         tokio::spawn(async move {
@@ -178,8 +259,15 @@ impl Notifier {
         Ok(Arc::new(Notifier {
             queue,
             automatic,
+            failed: std::sync::Mutex::default(),
             clock,
         }))
+    }
+
+    fn failed_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn enqueue(&self, notice: Notice) {
@@ -229,7 +317,17 @@ impl EventSink for Notifier {
                 let reason = format!(
                     "automatic re-authentication gave up after {attempts} attempts: {cause}"
                 );
+                self.failed_set().insert((*name).to_owned());
                 self.enqueue(self.notice("reauth_failed", name, &reason));
+            }
+            // Recovery is news to whoever was told to log in: every credential that needs a
+            // human, and automatic ones whose re-authentication gave up.
+            Event::Recovered { name, generation } => {
+                let told = !self.automatic.contains(*name) || self.failed_set().remove(*name);
+                if told {
+                    let reason = format!("a valid token set is stored (generation {generation})");
+                    self.enqueue(self.notice("recovered", name, &reason));
+                }
             }
             _ => {}
         }
@@ -242,19 +340,22 @@ impl Delivery {
             Ok(body) => body,
             Err(_) => return,
         };
-        let signature = self
-            .secret
-            .as_ref()
-            .map(|secret| sign(secret.expose_secret().as_bytes(), &body));
+        let delivery = delivery_id();
         let credential = notice.credential.as_str();
         for attempt in 1..=self.max_attempts {
             let mut request = self
                 .client
                 .post(self.url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(DELIVERY_HEADER, &delivery)
                 .body(body.clone());
-            if let Some(signature) = &signature {
-                request = request.header(SIGNATURE_HEADER, signature);
+            // Signed per attempt: a retry carries the time it was sent.
+            if let Some(secret) = &self.secret {
+                let now = self.clock.now().as_secs();
+                request = request.header(
+                    SIGNATURE_HEADER,
+                    sign(secret.expose_secret().as_bytes(), now, &delivery, &body),
+                );
             }
             let failure = match request.send().await {
                 Ok(response) if response.status().is_success() => {
@@ -286,11 +387,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            sign(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    fn signature_is_hmac_sha256_over_timestamp_delivery_and_body() {
+        // HMAC-SHA256("Jefe", "1700000000.d1.what do ya want for nothing?"), computed with
+        // Python's hmac module.
+        let header = sign(
+            b"Jefe",
+            1_700_000_000,
+            "d1",
+            b"what do ya want for nothing?",
         );
+        assert_eq!(
+            header,
+            "t=1700000000,v1=328808f9e27f67169d5d684645dbfeba74d9502842519d2e6d93f08a7839609d"
+        );
+    }
+
+    #[test]
+    fn verify_accepts_the_signed_delivery_and_nothing_else() {
+        let body = br#"{"event":"needs_reauth"}"#;
+        let header = sign(b"secret", 1_000, "abc", body);
+        assert_eq!(verify(b"secret", &header, "abc", body, 1_100), Ok(()));
+        assert_eq!(
+            verify(b"other", &header, "abc", body, 1_100),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"secret", &header, "abd", body, 1_100),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"secret", &header, "abc", b"{}", 1_100),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"secret", &header, "abc", body, 1_400),
+            Err(VerifyError::Stale)
+        );
+        let replayed = header.replace("t=1000", "t=1350");
+        assert_eq!(
+            verify(b"secret", &replayed, "abc", body, 1_400),
+            Err(VerifyError::Mismatch)
+        );
+        for bad in ["", "v1=00", "t=1000", "t=x,v1=00", "sha256=00"] {
+            assert!(verify(b"secret", bad, "abc", body, 1_000).is_err(), "{bad}");
+        }
     }
 }

@@ -206,6 +206,7 @@ pub struct Problem {
     next_attempt_at: Option<Timestamp>,
     retry_after: Option<Duration>,
     login_hint: Option<String>,
+    max_min_ttl: Option<u32>,
 }
 
 /// The JSON body of a problem.
@@ -222,6 +223,8 @@ struct ProblemBody<'a> {
     next_attempt_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     login_hint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_min_ttl: Option<u32>,
 }
 
 impl Problem {
@@ -235,6 +238,7 @@ impl Problem {
             next_attempt_at: None,
             retry_after: None,
             login_hint: None,
+            max_min_ttl: None,
         }
     }
 
@@ -311,7 +315,8 @@ impl Problem {
                 next_attempt_at,
                 ..
             } => (class_type(*class), Some(name.as_str()), *next_attempt_at),
-            KeeperError::MinTtlTooLong { name, .. } => {
+            KeeperError::MinTtlTooLong { name, .. }
+            | KeeperError::UnknownGeneration { name, .. } => {
                 (ProblemType::InvalidRequest, Some(name.as_str()), None)
             }
             KeeperError::LeaseWaitTimeout { name, .. } | KeeperError::Superseded { name } => {
@@ -325,6 +330,16 @@ impl Problem {
             other => (class_type(other.class()), None, None),
         };
         let mut problem = Problem::new(kind, error.to_string());
+        if let KeeperError::MinTtlTooLong { lifetime, .. } = error {
+            // The largest `min_ttl` (whole seconds) this credential's tokens can satisfy.
+            let whole = lifetime.as_secs();
+            let max = if lifetime.subsec_nanos() > 0 {
+                whole
+            } else {
+                whole.saturating_sub(1)
+            };
+            problem.max_min_ttl = Some(u32::try_from(max).unwrap_or(u32::MAX));
+        }
         if let Some(name) = credential {
             problem = problem.with_credential(name);
             if kind == ProblemType::NeedsReauth {
@@ -403,6 +418,7 @@ impl Problem {
             credential: self.credential.as_deref(),
             next_attempt_at: self.next_attempt_at.map(Timestamp::to_rfc3339),
             login_hint: self.login_hint.as_deref(),
+            max_min_ttl: self.max_min_ttl,
         }
     }
 }

@@ -15,6 +15,8 @@
 //! - [`body`]: the replay buffer and streaming request bodies.
 
 mod body;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod target;
 

@@ -38,7 +38,7 @@ use tracing::instrument::WithSubscriber as _;
 use url::Url;
 use zeroize::Zeroizing;
 
-use authkeeper_login::process::{kill_process, kill_process_group};
+use authkeeper_login::process::{ChildEnv, kill_process, kill_process_group};
 
 use crate::login::LoginError;
 
@@ -70,6 +70,9 @@ pub struct LaunchOptions {
     pub launch_timeout: Duration,
     /// Extra command-line flags.
     pub extra_args: Vec<String>,
+    /// What the browser gets of our environment ([`ChildEnv::minimal`]: never the store key or a
+    /// secret the configuration references).
+    pub child_env: ChildEnv,
 }
 
 impl Default for LaunchOptions {
@@ -80,6 +83,7 @@ impl Default for LaunchOptions {
             profile_root: None,
             launch_timeout: Duration::from_secs(20),
             extra_args: Vec::new(),
+            child_env: ChildEnv::default(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl fmt::Debug for LaunchOptions {
             .field("profile_root", &self.profile_root)
             .field("launch_timeout", &self.launch_timeout)
             .field("extra_args", &self.extra_args)
+            .field("child_env", &self.child_env)
             .finish()
     }
 }
@@ -163,6 +168,8 @@ impl Chromium {
         command
             .args(&options.extra_args)
             .arg("about:blank")
+            .env_clear()
+            .envs(options.child_env.minimal())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

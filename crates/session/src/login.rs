@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use authkeeper_core::ExposeSecret as _;
 use authkeeper_core::secret_ref::{SecretRef, SecretRefError};
-use authkeeper_login::process::{ShellCommand, ShellError, Stderr, run_shell};
+use authkeeper_login::process::{ChildEnv, ShellCommand, ShellError, Stderr, run_shell};
 use zeroize::Zeroizing;
 
 use crate::config::{AccountConfig, LoginConfig, SiteConfig};
@@ -171,7 +171,12 @@ impl LoginError {
 /// The login of a site's configuration: `None` when it has no `[login]` table.
 ///
 /// A recipe is validated here, so a malformed one fails at configuration time.
-pub fn login_for(site: &SiteConfig) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
+/// The login of `site` (none when it has no `[login]` table); children it starts get
+/// `child_env`'s minimal environment.
+pub fn login_for(
+    site: &SiteConfig,
+    child_env: &ChildEnv,
+) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
     let Some(login) = &site.login else {
         return Ok(None);
     };
@@ -179,11 +184,10 @@ pub fn login_for(site: &SiteConfig) -> Result<Option<Arc<dyn SessionLogin>>, Log
         (Some(_), false) => Err(LoginError::Config(
             "[login] has both `steps` and `command`; keep one".to_owned(),
         )),
-        (Some(command), true) => Ok(Some(Arc::new(CommandLogin::new(
-            command.clone(),
-            login.timeout,
-        )))),
-        (None, false) => recipe_login(login),
+        (Some(command), true) => Ok(Some(Arc::new(
+            CommandLogin::new(command.clone(), login.timeout).with_child_env(child_env.clone()),
+        ))),
+        (None, false) => recipe_login(login, child_env),
         (None, true) => Err(LoginError::Config(
             "[login] needs `steps` (a recipe) or `command`".to_owned(),
         )),
@@ -191,12 +195,24 @@ pub fn login_for(site: &SiteConfig) -> Result<Option<Arc<dyn SessionLogin>>, Log
 }
 
 #[cfg(feature = "browser")]
-fn recipe_login(login: &LoginConfig) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
-    Ok(Some(Arc::new(RecipeLogin::new(login.clone())?)))
+fn recipe_login(
+    login: &LoginConfig,
+    child_env: &ChildEnv,
+) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
+    let launch = crate::browser::LaunchOptions {
+        child_env: child_env.clone(),
+        ..crate::browser::LaunchOptions::default()
+    };
+    Ok(Some(Arc::new(
+        RecipeLogin::new(login.clone())?.with_launch_options(launch),
+    )))
 }
 
 #[cfg(not(feature = "browser"))]
-fn recipe_login(login: &LoginConfig) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
+fn recipe_login(
+    login: &LoginConfig,
+    _child_env: &ChildEnv,
+) -> Result<Option<Arc<dyn SessionLogin>>, LoginError> {
     crate::recipe::Recipe::parse(&login.steps)?;
     Err(LoginError::BrowserUnavailable)
 }
@@ -284,6 +300,7 @@ impl SessionLogin for RecipeLogin {
 pub struct CommandLogin {
     command: String,
     timeout: Duration,
+    child_env: ChildEnv,
 }
 
 impl fmt::Debug for CommandLogin {
@@ -300,7 +317,18 @@ impl fmt::Debug for CommandLogin {
 impl CommandLogin {
     /// Runs `command` with `sh -c`, killing it (and everything it started) after `timeout`.
     pub fn new(command: String, timeout: Duration) -> Self {
-        CommandLogin { command, timeout }
+        CommandLogin {
+            command,
+            timeout,
+            child_env: ChildEnv::default(),
+        }
+    }
+
+    /// What the command gets of our environment (besides the `AUTHKEEPER_*` variables of the
+    /// login): [`ChildEnv::minimal`].
+    pub fn with_child_env(mut self, child_env: ChildEnv) -> Self {
+        self.child_env = child_env;
+        self
     }
 }
 
@@ -338,7 +366,7 @@ impl SessionLogin for CommandLogin {
         if let Some(proxy) = resolve_proxy(account)? {
             env.push(("AUTHKEEPER_PROXY", proxy));
         }
-        let output = run_command(&self.command, &env, self.timeout).await?;
+        let output = run_command(&self.command, &self.child_env, &env, self.timeout).await?;
         parse_state(&output)
     }
 }
@@ -366,11 +394,13 @@ fn parse_state(output: &[u8]) -> Result<StorageState, LoginError> {
 /// (SIGKILL) and the shell is reaped (see [`authkeeper_login::process`]).
 async fn run_command(
     command: &str,
+    child_env: &ChildEnv,
     env: &[(&'static str, Zeroizing<String>)],
     timeout: Duration,
 ) -> Result<Zeroizing<Vec<u8>>, LoginError> {
     let shell = ShellCommand {
         command: command.to_owned(),
+        base_env: child_env.minimal(),
         env: env
             .iter()
             .map(|(key, value)| ((*key).to_owned(), value.clone()))

@@ -41,6 +41,9 @@ pub struct LeaseInfo {
     pub holder: String,
     /// When it ends unless renewed by a heartbeat.
     pub expires_at: Timestamp,
+    /// The TTL the worker asked for, in milliseconds: a heartbeat that names none renews by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// A browser session record (stored sealed, as JSON, in a

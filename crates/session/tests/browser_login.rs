@@ -75,7 +75,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recipe_logs_in_and_the_state_is_logged_in_in_a_fresh_browser() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let site = site(app.base_url(), login_steps(), "10s", "pw");
         let state = run_login(&site, root.path()).await.unwrap();
         assert_no_orphan(root.path());
@@ -134,7 +134,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_selector_that_never_appears_fails_within_the_step_timeout() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let steps = json!([{ "goto": "/login" }, { "wait_for": "#never-there" }]);
         let site = site(app.base_url(), steps, "2s", "pw");
         let started = Instant::now();
@@ -158,7 +158,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_login_timeout_and_a_dropped_login_leave_no_browser() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let steps = json!([{ "goto": "/login" }, { "wait_for": "#never-there" }]);
         let mut site = site(app.base_url(), steps, "30s", "pw");
         // The whole login's bound.
@@ -182,7 +182,7 @@ mod browser {
     async fn a_blocking_site_gives_blocked_with_the_status() {
         let app = start_app().await;
         app.set_blocking(Some(429));
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let site = site(app.base_url(), login_steps(), "5s", "pw");
         let error = run_login(&site, root.path()).await.unwrap_err();
         assert!(
@@ -196,7 +196,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wrong_password_times_out_waiting_for_the_url_without_leaking_it() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let password = "Wr0ng-Secret-Passw0rd";
         let site = site(app.base_url(), login_steps(), "2s", password);
         let error = run_login(&site, root.path()).await.unwrap_err();
@@ -214,7 +214,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_proxy_identity_with_credentials_is_answered_over_cdp() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let proxy = proxy::AuthProxy::start().await;
         let mut site = site(app.base_url(), login_steps(), "10s", "pw");
         site.accounts[0].proxy = Some(authkeeper_core::secret_ref::SecretRef::parse(&format!(
@@ -254,7 +254,7 @@ mod browser {
     #[tokio::test]
     async fn a_missing_chromium_is_a_clear_error() {
         let app = start_app().await;
-        let root = tempfile::tempdir().unwrap();
+        let root = authkeeper_testkit::temp_dir();
         let site = site(app.base_url(), login_steps(), "2s", "pw");
         let login = RecipeLogin::new(site.login.clone().unwrap())
             .unwrap()
@@ -413,7 +413,9 @@ fn command_site(command: &str, timeout: &str) -> SiteConfig {
 }
 
 async fn command_login(site: &SiteConfig) -> Result<authkeeper_session::StorageState, LoginError> {
-    let login = login_for(site).unwrap().expect("a login");
+    let login = login_for(site, &Default::default())
+        .unwrap()
+        .expect("a login");
     let request = LoginRequest {
         site_name: "portal",
         site,
@@ -424,7 +426,7 @@ async fn command_login(site: &SiteConfig) -> Result<authkeeper_session::StorageS
 
 #[tokio::test]
 async fn the_login_command_prints_a_state_that_is_parsed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let fixture = dir.path().join("state.json");
     std::fs::write(
         &fixture,
@@ -508,7 +510,7 @@ fn invalid_recipes_name_the_step() {
         "2s",
         "pw",
     );
-    let error = login_for(&two_actions).unwrap_err();
+    let error = login_for(&two_actions, &Default::default()).unwrap_err();
     assert!(
         matches!(error, LoginError::InvalidRecipe { step: 2, .. }),
         "{error:?}"
@@ -522,7 +524,7 @@ fn invalid_recipes_name_the_step() {
         "2s",
         "pw",
     );
-    let error = login_for(&fill_without_value).unwrap_err();
+    let error = login_for(&fill_without_value, &Default::default()).unwrap_err();
     assert!(
         matches!(error, LoginError::InvalidRecipe { step: 3, .. }),
         "{error:?}"
@@ -531,7 +533,7 @@ fn invalid_recipes_name_the_step() {
 
     let no_login: SiteConfig =
         serde_json::from_value(json!({ "origin": "http://127.0.0.1:9" })).unwrap();
-    assert!(login_for(&no_login).unwrap().is_none());
+    assert!(login_for(&no_login, &Default::default()).unwrap().is_none());
 }
 
 #[tokio::test]

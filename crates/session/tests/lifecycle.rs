@@ -54,7 +54,7 @@ async fn setup(extra: &str, idle: Duration) -> Setup {
     )
     .await
     .expect("login app");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let store = SqliteStore::open(
         dir.path().join("s.db"),
         Keyring::new(SealKey::new(Zeroizing::new([3u8; 32]))),

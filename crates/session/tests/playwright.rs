@@ -90,9 +90,11 @@ async fn playwright_storage_state_round_trips_and_stays_logged_in() {
     .await
     .expect("login app starts");
     let base = app.base_url().to_owned();
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = authkeeper_testkit::temp_dir();
     let playwright_file = tmp.path().join("playwright-state.json");
     let exported_file = tmp.path().join("exported-state.json");
+    authkeeper_testkit::expect_plaintext(&playwright_file);
+    authkeeper_testkit::expect_plaintext(&exported_file);
     let playwright_path = playwright_file.to_str().expect("utf-8 path");
     let exported_path = exported_file.to_str().expect("utf-8 path");
 
@@ -143,7 +145,7 @@ async fn playwright_storage_state_round_trips_and_stays_logged_in() {
         "refresh cookie in the state"
     );
     // Through the encrypted store, as `authkeeper sessions import` / `export` do.
-    let store_dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = authkeeper_testkit::temp_dir();
     let store = authkeeper_store::SqliteStore::open(
         store_dir.path().join("sessions.db"),
         authkeeper_store::Keyring::new(authkeeper_store::SealKey::new(zeroize::Zeroizing::new(

@@ -150,7 +150,7 @@ async fn no_double_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_workers_never_share_a_session_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let (a, b) = sqlite_pair(&dir);
     no_double_lease(a, b).await;
 }
@@ -192,11 +192,14 @@ async fn expired_leases_are_reclaimed_and_the_old_holder_loses_it() {
         })
     ));
 
-    // A heartbeat inside the TTL extends it.
+    // A heartbeat inside the TTL extends it; one that names no TTL renews by the lease's own
+    // (5 s), not the site's default (5 min).
     clock.advance(Duration::from_secs(4));
-    pool.heartbeat(&first.lease_id, Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let renewed = pool.heartbeat(&first.lease_id, None).await.unwrap();
+    assert_eq!(
+        renewed,
+        authkeeper_core::Clock::now(&*clock) + Duration::from_secs(5)
+    );
     clock.advance(Duration::from_secs(4));
     assert_eq!(
         pool.run_maintenance().await.reclaimed,

@@ -66,6 +66,17 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
+    /// The key file can be read by its group or by others.
+    #[error(
+        "key file {} is readable by other users (mode {mode:o}): run `chmod 600` on it, or start with --allow-insecure-key-file if this is intended",
+        path.display()
+    )]
+    InsecureKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The store exists but the key file beside it is gone: generating a new key would leave
     /// every stored credential unreadable.
     #[error(
@@ -122,24 +133,41 @@ pub fn parse_key_file(text: &str, path: &Path) -> Result<Keyring, KeyError> {
     Ok(Keyring::with_previous(primary, keys.collect()))
 }
 
-/// Reads a key file. A file readable by group or others is used but logged as a warning.
+/// Whether a key file other users can read is refused (the default) or only warned about.
+static ALLOW_INSECURE_KEY_FILE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Accept key files that the group or others can read (logged as a warning) instead of refusing
+/// them. Set once at startup by `--allow-insecure-key-file`.
+pub fn allow_insecure_key_files(allow: bool) {
+    ALLOW_INSECURE_KEY_FILE.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads a key file. A file readable by its group or others is refused
+/// ([`KeyError::InsecureKeyFile`]) unless [`allow_insecure_key_files`] was called.
 pub fn read_key_file(path: &Path) -> Result<Keyring, KeyError> {
     let read_error = |source| KeyError::Read {
         path: path.to_owned(),
         source,
     };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_error)?);
     let mode = std::fs::metadata(path)
         .map_err(read_error)?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
+        if !ALLOW_INSECURE_KEY_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(KeyError::InsecureKeyFile {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
         tracing::warn!(
             path = %path.display(),
             mode = format_args!("{:o}", mode & 0o777),
             "the store key file is accessible by other users; run `chmod 600` on it"
         );
     }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_error)?);
     parse_key_file(&text, path)
 }
 

@@ -34,9 +34,9 @@ pub mod seal;
 pub mod sqlite;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{ChangeEvent, RedisHealth, RedisOptions, RedisStore, RedisUrl};
+pub use self::redis::{ChangeEvent, LeaseClock, RedisHealth, RedisOptions, RedisStore, RedisUrl};
 pub use key::{KeyError, KeyOrigin, KeySettings, ResolvedKey};
-pub use seal::{KeyId, Keyring, SealError, SealKey};
+pub use seal::{Binding, KeyId, Keyring, SealError, SealKey, StoreId};
 pub use sqlite::SqliteStore;
 
 impl From<KeyError> for authkeeper_core::StoreError {

@@ -1,9 +1,14 @@
 //! Sealing: authenticated encryption of stored secrets with XChaCha20-Poly1305.
 //!
-//! A sealed value is `b"AKS1"` ‖ key id (8 bytes) ‖ nonce (24 random bytes) ‖ ciphertext+tag.
+//! A sealed value is `b"AKS2"` ‖ key id (8 bytes) ‖ nonce (24 random bytes) ‖ ciphertext+tag.
 //! The key id is the first 8 bytes of SHA-256 of the key, so a [`Keyring`] can pick the right key
-//! after a rotation. The associated data binds every value to its record kind and name
-//! ([`associated_data`]): a value copied to another record does not open.
+//! after a rotation. The associated data ([`Binding`]) binds every value to the store it was
+//! written to ([`StoreId`]), its record kind, its name and its version (a credential's
+//! generation, a record's version): a value copied to another record, another store, or put
+//! back over a newer version of its own record does not open.
+//!
+//! Format 1 (`b"AKS1"`, bound to kind and name only) is opened only by the one-time upgrade of
+//! a store ([`Keyring::open_v1`]); once a store is upgraded, a format-1 value in it is refused.
 
 use std::fmt;
 
@@ -16,8 +21,10 @@ use zeroize::Zeroizing;
 
 use authkeeper_core::StoreError;
 
-/// The first bytes of every sealed value (format version 1).
-pub const MAGIC: &[u8; 4] = b"AKS1";
+/// The first bytes of every sealed value (format 2).
+pub const MAGIC: &[u8; 4] = b"AKS2";
+/// The first bytes of a format-1 value (bound to kind and name only).
+pub const MAGIC_V1: &[u8; 4] = b"AKS1";
 /// The length of a key in bytes.
 pub const KEY_LEN: usize = 32;
 /// The length of a key id in bytes.
@@ -111,6 +118,90 @@ impl fmt::Debug for SealKey {
     }
 }
 
+/// The length of a [`StoreId`] in bytes.
+pub const STORE_ID_LEN: usize = 16;
+
+/// A store's identity: random bytes chosen when the store is created (or upgraded to sealing
+/// format 2) and bound into every value sealed in it. Not secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreId([u8; STORE_ID_LEN]);
+
+impl StoreId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        let mut id = [0u8; STORE_ID_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        StoreId(id)
+    }
+
+    /// An id from exactly [`STORE_ID_LEN`] bytes; `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(StoreId)
+    }
+
+    /// An id from its bytes.
+    pub const fn from_bytes(bytes: [u8; STORE_ID_LEN]) -> Self {
+        StoreId(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; STORE_ID_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreId({self})")
+    }
+}
+
+/// What a sealed value is bound to: its associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// The store the value lives in.
+    pub store: StoreId,
+    /// The record kind (`credential`, `credential status`, `session`, ...).
+    pub kind: &'a str,
+    /// The record's name (a credential name, a record key `PART[/ITEM]`).
+    pub name: &'a str,
+    /// The version the value is written as: a credential's generation, a record's version.
+    pub version: u64,
+}
+
+impl<'a> Binding<'a> {
+    /// A binding of `kind`/`name` at `version` in `store`.
+    pub fn new(store: StoreId, kind: &'a str, name: &'a str, version: u64) -> Self {
+        Binding {
+            store,
+            kind,
+            name,
+            version,
+        }
+    }
+
+    /// `b"authkeeper\0v2\0"` ‖ store id ‖ version (8 bytes, big-endian) ‖ kind ‖ `0` ‖ name.
+    /// Fixed-size fields come first and kinds never contain `0`, so no two bindings share
+    /// their bytes.
+    fn associated_data(&self) -> Vec<u8> {
+        let mut aad =
+            Vec::with_capacity(14 + STORE_ID_LEN + 8 + self.kind.len() + 1 + self.name.len());
+        aad.extend_from_slice(b"authkeeper\0v2\0");
+        aad.extend_from_slice(self.store.as_bytes());
+        aad.extend_from_slice(&self.version.to_be_bytes());
+        aad.extend_from_slice(self.kind.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(self.name.as_bytes());
+        aad
+    }
+}
+
 /// Why a sealed value could not be opened. Never contains key or plaintext bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -124,6 +215,12 @@ pub enum SealError {
     /// The key id matched but the tag did not verify.
     #[error("authentication failed (wrong key or tampered data)")]
     Authentication,
+    /// A format-1 value in a store upgraded to format 2: put back from an old backup, or
+    /// written by an older authkeeper still running against the store.
+    #[error(
+        "sealed in format 1, which this store no longer accepts (restored from an old backup, or written by an older authkeeper)"
+    )]
+    Outdated,
     /// Encryption failed (only possible for absurdly large values).
     #[error("encryption failed")]
     Encrypt,
@@ -149,8 +246,11 @@ pub const KEY_CHECK_NAME: &str = "store";
 /// The plaintext of the key-check value.
 pub const KEY_CHECK_PLAINTEXT: &[u8] = b"authkeeper key check v1";
 
-/// The associated data of a sealed value: `b"authkeeper\0" ‖ kind ‖ b"\0" ‖ name`.
-pub fn associated_data(kind: &str, name: &str) -> Vec<u8> {
+/// The record kind of a credential's sealed status (its state and token expiry).
+pub const CREDENTIAL_STATUS_KIND: &str = "credential status";
+
+/// The associated data of a format-1 value: `b"authkeeper\0" ‖ kind ‖ b"\0" ‖ name`.
+fn associated_data_v1(kind: &str, name: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(12 + kind.len() + name.len());
     aad.extend_from_slice(b"authkeeper\0");
     aad.extend_from_slice(kind.as_bytes());
@@ -159,9 +259,16 @@ pub fn associated_data(kind: &str, name: &str) -> Vec<u8> {
     aad
 }
 
-/// The key id in a sealed value's header.
+/// Whether `sealed` is a format-1 value (to upgrade).
+pub fn is_v1(sealed: &[u8]) -> bool {
+    sealed.starts_with(MAGIC_V1)
+}
+
+/// The key id in a sealed value's header (either format).
 pub fn sealed_key_id(sealed: &[u8]) -> Result<KeyId, SealError> {
-    if sealed.len() < HEADER_LEN + TAG_LEN || &sealed[..MAGIC.len()] != MAGIC {
+    if sealed.len() < HEADER_LEN + TAG_LEN
+        || !(sealed.starts_with(MAGIC) || sealed.starts_with(MAGIC_V1))
+    {
         return Err(SealError::Malformed);
     }
     let mut id = [0u8; KEY_ID_LEN];
@@ -217,11 +324,69 @@ impl Keyring {
             .find(|key| key.id() == id)
     }
 
-    /// Seals `plaintext` with the primary key, bound to `kind` and `name`.
-    pub fn seal(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Seals `plaintext` with the primary key, bound to `binding`.
+    pub fn seal(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.encrypt(MAGIC, &binding.associated_data(), plaintext)
+    }
+
+    /// Opens a value sealed for `binding` with whichever key its id names. A format-1 value is
+    /// [`SealError::Outdated`].
+    pub fn open(
+        &self,
+        binding: &Binding<'_>,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let id = sealed_key_id(sealed)?;
+        if is_v1(sealed) {
+            return Err(SealError::Outdated);
+        }
+        self.decrypt(id, sealed, &binding.associated_data())
+    }
+
+    /// Opens a format-1 value sealed for `kind` and `name`: only for upgrading a store to
+    /// format 2 (re-seal what this returns with [`Keyring::seal`]).
+    pub fn open_v1(
+        &self,
+        kind: &str,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let id = sealed_key_id(sealed)?;
+        if !is_v1(sealed) {
+            return Err(SealError::Malformed);
+        }
+        self.decrypt(id, sealed, &associated_data_v1(kind, name))
+    }
+
+    fn decrypt(
+        &self,
+        id: KeyId,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let key = self.key(id).ok_or(SealError::UnknownKeyId(id))?;
+        let nonce = XNonce::from_slice(&sealed[MAGIC.len() + KEY_ID_LEN..HEADER_LEN]);
+        key.cipher()
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[HEADER_LEN..],
+                    aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Authentication)
+    }
+
+    /// Seals `plaintext` in format 1 (tests of the upgrade path only).
+    #[doc(hidden)]
+    pub fn seal_v1(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.encrypt(MAGIC_V1, &associated_data_v1(kind, name), plaintext)
+    }
+
+    fn encrypt(&self, magic: &[u8; 4], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = associated_data(kind, name);
         let ciphertext = self
             .primary
             .cipher()
@@ -229,39 +394,16 @@ impl Keyring {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map_err(|_| SealError::Encrypt)?;
         let mut sealed = Vec::with_capacity(HEADER_LEN + ciphertext.len());
-        sealed.extend_from_slice(MAGIC);
+        sealed.extend_from_slice(magic);
         sealed.extend_from_slice(self.primary.id().as_bytes());
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&ciphertext);
         Ok(sealed)
-    }
-
-    /// Opens a value sealed for `kind` and `name` with whichever key its id names.
-    pub fn open(
-        &self,
-        kind: &str,
-        name: &str,
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let id = sealed_key_id(sealed)?;
-        let key = self.key(id).ok_or(SealError::UnknownKeyId(id))?;
-        let nonce = XNonce::from_slice(&sealed[MAGIC.len() + KEY_ID_LEN..HEADER_LEN]);
-        let aad = associated_data(kind, name);
-        key.cipher()
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: &sealed[HEADER_LEN..],
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| SealError::Authentication)
     }
 }
 
@@ -273,40 +415,80 @@ mod tests {
         SealKey::new(Zeroizing::new([byte; KEY_LEN]))
     }
 
+    const STORE: StoreId = StoreId::from_bytes([9; STORE_ID_LEN]);
+
+    fn bound<'a>(kind: &'a str, name: &'a str, version: u64) -> Binding<'a> {
+        Binding::new(STORE, kind, name, version)
+    }
+
     #[test]
     fn round_trip_and_format() {
         let ring = Keyring::new(key(1));
-        let sealed = ring.seal("credential", "crm", b"secret").unwrap();
+        let sealed = ring
+            .seal(&bound("credential", "crm", 1), b"secret")
+            .unwrap();
         assert_eq!(&sealed[..4], MAGIC);
         assert_eq!(sealed.len(), HEADER_LEN + 6 + TAG_LEN);
         assert_eq!(sealed_key_id(&sealed).unwrap(), key(1).id());
         assert_eq!(
-            ring.open("credential", "crm", &sealed).unwrap().as_slice(),
+            ring.open(&bound("credential", "crm", 1), &sealed)
+                .unwrap()
+                .as_slice(),
             b"secret"
         );
     }
 
     #[test]
-    fn associated_data_binds_kind_and_name() {
+    fn associated_data_binds_store_kind_name_and_version() {
         let ring = Keyring::new(key(1));
-        let sealed = ring.seal("credential", "crm", b"secret").unwrap();
+        let sealed = ring
+            .seal(&bound("credential", "crm", 7), b"secret")
+            .unwrap();
+        for other in [
+            bound("credential", "crm2", 7),
+            bound("session", "crm", 7),
+            bound("credential", "crm", 6),
+            bound("credential", "crm", 8),
+            Binding::new(StoreId([8; STORE_ID_LEN]), "credential", "crm", 7),
+        ] {
+            assert_eq!(
+                ring.open(&other, &sealed),
+                Err(SealError::Authentication),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_1_opens_only_for_the_upgrade() {
+        let ring = Keyring::new(key(1));
+        let old = ring.seal_v1("credential", "crm", b"old").unwrap();
+        assert!(is_v1(&old));
         assert_eq!(
-            ring.open("credential", "crm2", &sealed),
-            Err(SealError::Authentication)
+            ring.open(&bound("credential", "crm", 1), &old),
+            Err(SealError::Outdated)
         );
         assert_eq!(
-            ring.open("session", "crm", &sealed),
+            ring.open_v1("credential", "crm", &old).unwrap().as_slice(),
+            b"old"
+        );
+        assert_eq!(
+            ring.open_v1("credential", "other", &old),
             Err(SealError::Authentication)
+        );
+        let new = ring.seal(&bound("credential", "crm", 1), b"new").unwrap();
+        assert_eq!(
+            ring.open_v1("credential", "crm", &new),
+            Err(SealError::Malformed)
         );
     }
 
     #[test]
     fn wrong_key_and_tampering_are_reported_without_secrets() {
-        let sealed = Keyring::new(key(1))
-            .seal("credential", "crm", b"secret")
-            .unwrap();
+        let b = bound("credential", "crm", 1);
+        let sealed = Keyring::new(key(1)).seal(&b, b"secret").unwrap();
         let other = Keyring::new(key(2));
-        let err = other.open("credential", "crm", &sealed).unwrap_err();
+        let err = other.open(&b, &sealed).unwrap_err();
         assert!(matches!(err, SealError::UnknownKeyId(_)));
         assert!(err.to_string().contains("wrong key?"));
 
@@ -314,28 +496,18 @@ mod tests {
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert_eq!(
-            ring.open("credential", "crm", &tampered),
-            Err(SealError::Authentication)
-        );
-        assert_eq!(
-            ring.open("credential", "crm", &sealed[..10]),
-            Err(SealError::Malformed)
-        );
+        assert_eq!(ring.open(&b, &tampered), Err(SealError::Authentication));
+        assert_eq!(ring.open(&b, &sealed[..10]), Err(SealError::Malformed));
     }
 
     #[test]
     fn previous_keys_open_old_values_and_primary_seals() {
-        let old = Keyring::new(key(1))
-            .seal("credential", "crm", b"old")
-            .unwrap();
+        let b = bound("credential", "crm", 1);
+        let old = Keyring::new(key(1)).seal(&b, b"old").unwrap();
         let ring = Keyring::with_previous(key(2), vec![key(1), key(2), key(1)]);
         assert_eq!(ring.previous().len(), 1);
-        assert_eq!(
-            ring.open("credential", "crm", &old).unwrap().as_slice(),
-            b"old"
-        );
-        let new = ring.seal("credential", "crm", b"new").unwrap();
+        assert_eq!(ring.open(&b, &old).unwrap().as_slice(), b"old");
+        let new = ring.seal(&b, b"new").unwrap();
         assert_eq!(sealed_key_id(&new).unwrap(), key(2).id());
     }
 
@@ -351,7 +523,8 @@ mod tests {
     #[test]
     fn random_bytes_never_panic() {
         let ring = Keyring::new(key(7));
-        let valid = ring.seal("credential", "x", b"payload").unwrap();
+        let b = bound("credential", "x", 1);
+        let valid = ring.seal(&b, b"payload").unwrap();
         let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -371,7 +544,8 @@ mod tests {
                     bytes[at] ^= (next() as u8) | 1;
                 }
             }
-            assert!(ring.open("credential", "x", &bytes).is_err());
+            assert!(ring.open(&b, &bytes).is_err());
+            assert!(ring.open_v1("credential", "x", &bytes).is_err());
         }
     }
 }

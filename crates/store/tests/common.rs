@@ -16,7 +16,7 @@ pub struct Fixture {
 }
 
 pub fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = authkeeper_testkit::temp_dir();
     let db = dir.path().join("authkeeper.db");
     Fixture { dir, db }
 }
@@ -33,8 +33,11 @@ pub fn open(db: &Path, key: &SealKey) -> SqliteStore {
     SqliteStore::open(db, Keyring::new(key.clone())).expect("open store")
 }
 
-/// A token set whose secrets contain `marker`.
+/// A token set whose secrets contain `marker` (registered with the planted-secret scan).
 pub fn planted_tokens(marker: &str) -> TokenSet {
+    for kind in ["ACCESS", "REFRESH", "ID", "EXTRA"] {
+        authkeeper_testkit::register(&format!("PLANTED-{kind}-{marker}"));
+    }
     let mut extra = Map::new();
     extra.insert(
         "x_vendor_secret".to_owned(),
@@ -124,7 +127,9 @@ pub fn realistic_storage_state(marker: &str) -> Vec<u8> {
     .enumerate()
     .map(|(i, (name, len, secret))| {
         let value = if *secret {
-            format!("PLANTED-SESSION-{marker}-{}", random(*len))
+            let value = format!("PLANTED-SESSION-{marker}-{}", random(*len));
+            authkeeper_testkit::register(&value);
+            value
         } else {
             random(*len)
         };
@@ -157,4 +162,47 @@ pub fn realistic_storage_state(marker: &str) -> Vec<u8> {
     ]);
     serde_json::to_vec(&serde_json::json!({ "cookies": cookies, "origins": origins }))
         .expect("serialize")
+}
+
+/// Turns the file of a new, empty store into one written by authkeeper before sealing format 2
+/// (schema 5, no store id, a format-1 key check sealed by `ring`).
+pub fn make_format_1(raw: &rusqlite::Connection, ring: &Keyring) {
+    use authkeeper_store::seal::{KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT};
+    let check = ring
+        .seal_v1(KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT)
+        .expect("seal");
+    raw.execute_batch(
+        "ALTER TABLE credentials DROP COLUMN sealed_status;
+         DELETE FROM meta WHERE key = 'store_id';
+         PRAGMA user_version = 5;",
+    )
+    .expect("downgrade to schema 5");
+    raw.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'key_check'",
+        [check],
+    )
+    .expect("format-1 key check");
+}
+
+/// The settings of a refresh_token credential of the mock IdP `idp` (basic auth, 5 s timeout).
+pub fn mock_credential(
+    idp: &authkeeper_mock::MockIdp,
+) -> authkeeper_core::config::CredentialSettings {
+    use authkeeper_core::grant::{ClientAuth, Endpoint, GrantKind, OAuthClientConfig};
+    authkeeper_core::config::CredentialSettings {
+        client: OAuthClientConfig {
+            endpoint: Endpoint::TokenUrl(idp.token_url().parse().expect("url")),
+            client_id: "mock-client".into(),
+            client_secret: Some(authkeeper_core::secret::ClientSecret::from("mock-secret")),
+            auth: ClientAuth::ClientSecretBasic,
+            scopes: Vec::new(),
+            audience: None,
+            extra_params: Vec::new(),
+            timeout: std::time::Duration::from_secs(5),
+        },
+        grant: GrantKind::RefreshToken,
+        policy: authkeeper_core::policy::RefreshPolicy::default(),
+        expiry: authkeeper_core::ExpiryDefaults::default(),
+        heartbeat: false,
+    }
 }

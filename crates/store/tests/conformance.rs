@@ -4,7 +4,7 @@ use authkeeper_store::{Keyring, SealKey, SqliteStore};
 use tempfile::TempDir;
 
 async fn make() -> (SqliteStore, TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = authkeeper_testkit::temp_dir();
     let store = SqliteStore::open(
         dir.path().join("store.db"),
         Keyring::new(SealKey::generate()),

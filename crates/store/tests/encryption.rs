@@ -5,7 +5,7 @@ use std::time::Duration;
 use authkeeper_core::{
     CredentialStore as _, ExposeSecret as _, LeaseAttempt, Precondition, StoreError,
 };
-use authkeeper_store::{KeySettings, Keyring, SqliteStore};
+use authkeeper_store::{Binding, KeySettings, Keyring, SqliteStore};
 use rusqlite::Connection;
 
 use crate::common::{
@@ -231,8 +231,17 @@ async fn wrong_key_is_a_clear_error_and_leaves_the_data_intact() {
 
     // A row sealed by a key the store does not know reports the key id.
     let store = open(&fx.db, &key(1));
+    let generation = store
+        .load(&cred("crm"))
+        .await
+        .expect("load")
+        .expect("stored")
+        .generation;
     let foreign = Keyring::new(key(3))
-        .seal("credential", "crm", b"{}")
+        .seal(
+            &Binding::new(store.store_id(), "credential", "crm", generation),
+            b"{}",
+        )
         .expect("seal");
     Connection::open(&fx.db)
         .expect("raw")

@@ -80,8 +80,16 @@ async fn explicit_key_file_is_used_and_must_exist() {
     ));
 
     key::write_key_file(&key_file, &Keyring::new(key(4))).expect("write");
-    // Readable by others: used, with a warning only.
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // Readable by others: refused, naming the file and what to do, and nothing is created.
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let error = SqliteStore::open_with_settings(&fx.db, &settings).expect_err("insecure");
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        let text = error.to_string() + &source.unwrap_or_default();
+        assert!(text.contains("chmod 600"), "{text}");
+        assert!(!fx.db.exists(), "a store was created with an insecure key");
+    }
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (store, origin) = SqliteStore::open_with_settings(&fx.db, &settings).expect("open");
     assert_eq!(origin, KeyOrigin::KeyFile(key_file.clone()));
     assert_eq!(store.key_id(), key(4).id());
@@ -118,6 +126,7 @@ async fn a_store_whose_key_file_vanished_is_not_silently_rekeyed() {
     assert!(!key_file.exists(), "a new key file was generated");
 
     std::fs::write(&key_file, saved).expect("restore");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (store, _) =
         SqliteStore::open_with_settings(&fx.db, &KeySettings::default()).expect("reopen");
     let loaded = store

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use authkeeper_core::store::{Expect, Record, RecordKey, RecordKind, RecordStore};
 use authkeeper_core::{StoreError, Timestamp};
-use authkeeper_store::{Keyring, SealKey, SqliteStore};
+use authkeeper_store::{Binding, Keyring, SealKey, SqliteStore, StoreId};
 use rusqlite::Connection;
 
 use crate::common::{
-    all_files, contains, fixture, key, now, open, realistic_storage_state, with_suffix,
+    all_files, contains, fixture, key, make_format_1, now, open, realistic_storage_state,
+    with_suffix,
 };
 
 /// The kind browser sessions are stored as (`authkeeper-session`).
@@ -73,10 +74,11 @@ async fn session_records_are_sealed_on_disk() {
     assert!(with_suffix(&fx.db, "-wal").exists());
     // In the WAL while the store is open, and in the database once it is closed.
     assert_no_plaintext_on_disk(fx.dir.path());
+    let store_id = store.store_id();
     drop(store);
     assert_no_plaintext_on_disk(fx.dir.path());
 
-    // The sealed value is bound to kind `session` and name `SITE/ID`.
+    // The sealed value is bound to the store, kind `session`, name `SITE/ID` and version.
     let sealed: Vec<u8> = Connection::open(&fx.db)
         .expect("raw")
         .query_row(
@@ -87,10 +89,17 @@ async fn session_records_are_sealed_on_disk() {
         .expect("row");
     let ring = Keyring::new(key(1));
     assert_eq!(session("shop", "s1").to_string(), "shop/s1");
-    assert!(ring.open("session", "shop/s1", &sealed).is_ok());
-    assert!(ring.open("session", "mail/s1", &sealed).is_err());
-    assert!(ring.open("session", "shop/s2", &sealed).is_err());
-    assert!(ring.open("checkpoint", "shop/s1", &sealed).is_err());
+    let bound = |kind, name, version| Binding::new(store_id, kind, name, version);
+    assert!(ring.open(&bound("session", "shop/s1", 2), &sealed).is_ok());
+    for other in [
+        bound("session", "mail/s1", 2),
+        bound("session", "shop/s2", 2),
+        bound("checkpoint", "shop/s1", 2),
+        bound("session", "shop/s1", 1),
+        Binding::new(StoreId::generate(), "session", "shop/s1", 2),
+    ] {
+        assert!(ring.open(&other, &sealed).is_err(), "{other:?}");
+    }
 }
 
 #[tokio::test]
@@ -157,7 +166,7 @@ async fn rekey_reseals_session_records() {
 }
 
 /// A store of schema 4 (before the record store: tables `checkpoints` and `sessions`) is
-/// migrated on open, its sealed values moved unchanged and still readable, and new records work.
+/// migrated on open, its sealed values moved and upgraded to format 2, and new records work.
 #[tokio::test]
 async fn a_store_of_schema_4_moves_its_checkpoints_and_sessions_to_records() {
     let fx = fixture();
@@ -168,6 +177,7 @@ async fn a_store_of_schema_4_moves_its_checkpoints_and_sessions_to_records() {
     let checkpoint = br#"{"done":75}"#;
     {
         let raw = Connection::open(&fx.db).expect("raw");
+        make_format_1(&raw, &ring);
         raw.execute_batch(
             "DROP TABLE records;
              CREATE TABLE checkpoints (task TEXT PRIMARY KEY NOT NULL,
@@ -179,8 +189,8 @@ async fn a_store_of_schema_4_moves_its_checkpoints_and_sessions_to_records() {
              PRAGMA user_version = 4;",
         )
         .expect("downgrade to schema 4");
-        let sealed_session = ring.seal("session", "shop/s1", &document).expect("seal");
-        let sealed_checkpoint = ring.seal("checkpoint", "job", checkpoint).expect("seal");
+        let sealed_session = ring.seal_v1("session", "shop/s1", &document).expect("seal");
+        let sealed_checkpoint = ring.seal_v1("checkpoint", "job", checkpoint).expect("seal");
         raw.execute(
             "INSERT INTO sessions (site, id, version, sealed) VALUES ('shop', 's1', 3, ?1)",
             [&sealed_session],

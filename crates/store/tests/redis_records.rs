@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use authkeeper_core::store::{Expect, Record, RecordKey, RecordKind, RecordStore};
 use authkeeper_core::{StoreError, Timestamp};
-use authkeeper_store::{Keyring, RedisStore, SealKey};
+use authkeeper_store::seal::{KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT};
+use authkeeper_store::{Binding, Keyring, RedisStore, SealKey};
 
 use crate::common::{contains, key, now, realistic_storage_state};
 use crate::redis_server::RedisServer;
@@ -80,6 +81,7 @@ async fn session_records_are_sealed_and_bound_to_site_and_id() {
             "ak:key-check",
             "ak:layout",
             "ak:r:session:parts",
+            "ak:store-id",
             "ak:{r:session:mail}/s1",
             "ak:{r:session:mail}:items",
             "ak:{r:session:shop}/s1",
@@ -106,8 +108,10 @@ async fn session_records_are_sealed_and_bound_to_site_and_id() {
         .await
         .expect("hget");
     let ring = Keyring::new(key(1));
-    assert!(ring.open("session", "shop/s1", &sealed).is_ok());
-    assert!(ring.open("session", "mail/s1", &sealed).is_err());
+    let bound = |name, version| Binding::new(store.store_id(), "session", name, version);
+    assert!(ring.open(&bound("shop/s1", 1), &sealed).is_ok());
+    assert!(ring.open(&bound("mail/s1", 1), &sealed).is_err());
+    assert!(ring.open(&bound("shop/s1", 2), &sealed).is_err());
 
     // Copied to another site or id, it does not open.
     for target in ["ak:{r:session:mail}/s1", "ak:{r:session:shop}/s2"] {
@@ -147,8 +151,8 @@ async fn session_records_are_sealed_and_bound_to_site_and_id() {
 }
 
 /// Records written by the layout before the record store (`{sess:SITE}:ID` with a per-site
-/// index, `{ckpt:TASK}`) are moved on connect, sealed values unchanged, and the old keys are
-/// gone.
+/// index, `{ckpt:TASK}`, sealing format 1) are moved on connect and upgraded to format 2, and
+/// the old keys are gone.
 #[tokio::test]
 async fn records_of_the_previous_layout_are_moved_on_connect() {
     let server = RedisServer::start();
@@ -156,13 +160,21 @@ async fn records_of_the_previous_layout_are_moved_on_connect() {
     drop(connect(&server, "ak:").await);
     let mut conn = raw(&server).await;
     let document = realistic_storage_state("legacy");
-    let sealed_session = ring.seal("session", "shop/s1", &document).expect("seal");
+    let sealed_session = ring.seal_v1("session", "shop/s1", &document).expect("seal");
     let sealed_checkpoint = ring
-        .seal("checkpoint", "job", br#"{"done":3}"#)
+        .seal_v1("checkpoint", "job", br#"{"done":3}"#)
+        .expect("seal");
+    let check = ring
+        .seal_v1(KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT)
         .expect("seal");
     let _: () = redis::pipe()
         .cmd("DEL")
         .arg("ak:layout")
+        .arg("ak:store-id")
+        .ignore()
+        .cmd("SET")
+        .arg("ak:key-check")
+        .arg(&check)
         .ignore()
         .cmd("SADD")
         .arg("ak:session-sites")

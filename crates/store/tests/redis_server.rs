@@ -50,7 +50,7 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `--appendonly yes`, `--user ...`).
     pub fn start_with(extra: &[&str]) -> Self {
-        let mut dir = tempfile::tempdir().expect("temp dir");
+        let mut dir = authkeeper_testkit::temp_dir();
         let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -65,8 +65,7 @@ impl RedisServer {
                 Err(e) => {
                     last_error = e;
                     // Another process took the port between our probe and redis-server's bind.
-                    dir =
-                        std::mem::replace(&mut server.dir, tempfile::tempdir().expect("temp dir"));
+                    dir = std::mem::replace(&mut server.dir, authkeeper_testkit::temp_dir());
                     args = std::mem::take(&mut server.args);
                 }
             }

@@ -8,6 +8,7 @@ use authkeeper_core::{
     CredentialStore as _, ExposeSecret as _, LeaseAttempt, Precondition, StoreError, Timestamp,
     TokenSet, WriteOutcome,
 };
+use authkeeper_store::Binding;
 use authkeeper_store::redis::ChangeEvent;
 use authkeeper_store::seal::CREDENTIAL_KIND;
 use authkeeper_store::{Keyring, RedisOptions, RedisStore, RedisUrl};
@@ -163,12 +164,12 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     );
 
     // A can neither renew nor release B's lease.
-    let mut lease_a = lease_a;
     assert!(
-        !replica_a
-            .renew_lease(&mut lease_a, wall_now(), ttl)
+        replica_a
+            .renew_lease(&lease_a, wall_now(), ttl)
             .await
             .unwrap()
+            .is_none()
     );
     replica_a.release_lease(lease_a).await.unwrap();
     assert!(matches!(
@@ -195,12 +196,12 @@ async fn fencing_rejects_the_stale_replica_after_its_lease_expired() {
     );
 
     // B renews while its refresh runs, then releases; the next holder is not a takeover.
-    let mut lease_b = lease_b;
     assert!(
         replica_b
-            .renew_lease(&mut lease_b, wall_now(), Duration::from_secs(60))
+            .renew_lease(&lease_b, wall_now(), Duration::from_secs(60))
             .await
             .unwrap()
+            .is_some()
     );
     replica_b.release_lease(lease_b).await.unwrap();
     let LeaseAttempt::Acquired(next) = replica_a
@@ -473,6 +474,7 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
             "ak:index",
             "ak:key-check",
             "ak:layout",
+            "ak:store-id",
             "ak:{cred:crm}:lease",
             "ak:{cred:crm}:state"
         ]
@@ -493,7 +495,7 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
             assert!(!contains(&dump, secret.as_bytes()), "{secret} in {key}");
         }
     }
-    // The sealed value opens with the keyring and kind/name binding of the embedded store.
+    // The sealed value opens with the keyring and binding of the embedded store.
     let sealed: Vec<u8> = redis::cmd("HGET")
         .arg("ak:{cred:crm}:state")
         .arg("sealed")
@@ -501,17 +503,30 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
         .await
         .unwrap();
     let ring = Keyring::new(key(1));
+    let generation = store.load(&cred("crm")).await.unwrap().unwrap().generation;
+    let bound =
+        |name, generation| Binding::new(store.store_id(), CREDENTIAL_KIND, name, generation);
     let opened = ring
-        .open(CREDENTIAL_KIND, "crm", &sealed)
+        .open(&bound("crm", generation), &sealed)
         .expect("open like sqlite");
     let tokens = TokenSet::from_secret_json(&opened).unwrap();
     assert_eq!(tokens.access_token.expose_secret(), "PLANTED-ACCESS-redis");
     assert!(
-        ring.open(CREDENTIAL_KIND, "other", &sealed).is_err(),
+        ring.open(&bound("other", generation), &sealed).is_err(),
         "AAD must bind the name"
     );
+    assert!(
+        ring.open(&bound("crm", generation + 1), &sealed).is_err(),
+        "AAD must bind the generation"
+    );
 
-    // A sealed value copied to another credential does not open (associated data).
+    // Sealed values copied to another credential do not open (associated data).
+    let sealed_status: Vec<u8> = redis::cmd("HGET")
+        .arg("ak:{cred:crm}:state")
+        .arg("sealed_status")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let _: () = redis::cmd("HSET")
         .arg("ak:{cred:copy}:state")
         .arg(
@@ -533,6 +548,8 @@ async fn values_are_sealed_exactly_like_the_embedded_store() {
         .arg("ak:{cred:copy}:state")
         .arg("sealed")
         .arg(&sealed)
+        .arg("sealed_status")
+        .arg(&sealed_status)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests of authkeeper-store (one test binary; each test uses its own temp dir).
 
+mod binding;
 mod common;
 mod conformance;
 mod corruption;
@@ -8,7 +9,11 @@ mod keys;
 mod leases;
 mod records;
 #[cfg(feature = "redis")]
+mod redis_binding;
+#[cfg(feature = "redis")]
 mod redis_conformance;
+#[cfg(feature = "redis")]
+mod redis_leases;
 #[cfg(feature = "redis")]
 mod redis_records;
 #[cfg(feature = "redis")]

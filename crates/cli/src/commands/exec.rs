@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use anyhow::Context as _;
 use authkeeper_core::name::{CredentialName, TaskName};
 use authkeeper_core::{Event, ExposeSecret as _, Keeper, KeeperSettings, RecordStore};
-use authkeeper_server::config::{ClientConfig, Listen, ServerConfig};
+use authkeeper_server::config::{ClientConfig, Listen, Permission, ServerConfig};
 use authkeeper_server::{Broker, BrokerConfig, NewKey, upstreams_from};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -97,6 +97,10 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
 
     let mut child = tokio::process::Command::new(program)
         .args(program_args)
+        // The child's own environment, minus what it must never see: the store key and every
+        // secret the configuration references (unless `[server] pass_env` lists it).
+        .env_clear()
+        .envs(context.child_env().inherited())
         .env("AUTHKEEPER_TOKEN_FILE", &token_file)
         .env("AUTHKEEPER_CREDENTIAL", args.name.as_str())
         .env("AUTHKEEPER_URL", broker.url())
@@ -155,6 +159,11 @@ fn private_broker(
             credentials: vec![name.to_owned()],
             sites: Vec::new(),
             checkpoints: vec![task.to_owned()],
+            permissions: Some(vec![
+                Permission::Token,
+                Permission::Proxy,
+                Permission::Checkpoints,
+            ]),
         }],
         upstreams: upstreams_from(&credentials),
         metrics: None,

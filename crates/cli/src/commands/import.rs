@@ -4,6 +4,7 @@ use std::io::Read as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use authkeeper_core::token::TokenResponseError;
 use authkeeper_core::{Clock as _, ExpiryDefaults, SystemClock, TokenResponse};
 use secrecy::zeroize::Zeroizing;
 
@@ -34,8 +35,14 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCo
         .read_to_end(&mut input)
         .context("cannot read stdin")?;
     anyhow::ensure!(input.len() as u64 <= MAX_INPUT, "input larger than 1 MiB");
-    let response =
-        TokenResponse::parse_tokens(&input).context("stdin is not a usable token response")?;
+    let response = TokenResponse::parse_tokens(&input).map_err(|error| match error {
+        // Its start could be a bare token someone piped in: never echo it.
+        TokenResponseError::NotJson { .. } => anyhow::anyhow!(
+            "stdin is not a usable token response: not JSON or a form-encoded body ({} bytes)",
+            input.len()
+        ),
+        other => anyhow::Error::new(other).context("stdin is not a usable token response"),
+    })?;
     let now = SystemClock::new().now();
     let tokens = response.into_token_set(now, &expiry);
     let has_refresh = tokens.refresh_token.is_some();

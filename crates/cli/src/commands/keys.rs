@@ -11,7 +11,13 @@ use crate::cli::KeysCommand;
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::New { name } => {
-            anyhow::ensure!(!name.trim().is_empty(), "the client name must not be empty");
+            if !authkeeper_server::auth::is_valid_client_name(&name) {
+                return Err(crate::exit::ConfigurationError(format!(
+                    "invalid client name {:?}: use 1-64 letters, digits, `_` or `-` (no `.`: a client's own checkpoint tasks are NAME and NAME.anything)",
+                    name.chars().take(64).collect::<String>()
+                ))
+                .into());
+            }
             let key = NewKey::generate();
             let mut stdout = std::io::stdout().lock();
             writeln!(

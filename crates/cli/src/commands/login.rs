@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use authkeeper_core::config::LoginMethod;
 use authkeeper_core::grant::{GrantKind, GrantRequest, OAuthClient};
 use authkeeper_core::{ErrorClass, KeeperError, SystemClock, TokenResponse};
+use authkeeper_login::process::ChildEnv;
 use authkeeper_login::{
     DeviceAuthorization, DeviceEvent, LoginClient, LoginCommand, LoginError, LoginSettings,
     PkceOptions, PollOptions, run_login_command,
@@ -122,7 +123,10 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCod
             match method {
                 LoginMethod::Device => device(&client, &args, timeout).await,
                 LoginMethod::Pkce => pkce(&client, &args, &login, timeout).await,
-                LoginMethod::Command => command(&args.name, credential, &login, timeout).await,
+                LoginMethod::Command => {
+                    let child_env = context.child_env();
+                    command(&args.name, credential, &login, timeout, &child_env).await
+                }
             }
         }
     };
@@ -283,6 +287,7 @@ async fn command(
     credential: &authkeeper_core::CredentialConfig,
     login: &LoginSettings,
     timeout: Duration,
+    child_env: &ChildEnv,
 ) -> Result<TokenResponse, LoginError> {
     let command = login.command.clone().ok_or_else(|| {
         LoginError::Config(format!(
@@ -293,6 +298,7 @@ async fn command(
     run_login_command(&LoginCommand {
         command,
         timeout,
+        child_env: child_env.clone(),
         env: vec![
             ("AUTHKEEPER_CREDENTIAL".into(), name.to_owned()),
             ("AUTHKEEPER_CLIENT_ID".into(), credential.client_id.clone()),

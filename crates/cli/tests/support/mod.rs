@@ -21,7 +21,7 @@ pub struct Workspace {
 impl Workspace {
     /// A workspace whose config holds `credentials` (TOML `[credentials.*]` tables).
     pub fn new(credentials: &str) -> Workspace {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = authkeeper_testkit::temp_dir();
         let config = format!("[store]\npath = \"authkeeper.db\"\n\n{credentials}\n");
         std::fs::write(dir.path().join("authkeeper.toml"), config).expect("config");
         Workspace { dir }

@@ -48,7 +48,15 @@ impl Keeper {
         if record.generation < cached {
             return;
         }
+        let recovered = entry.status().state == CredentialState::NeedsReauth
+            && record.status.state == CredentialState::Valid;
         entry.set_status(record.status);
+        if recovered {
+            self.emit(crate::events::Event::Recovered {
+                name: entry.name.as_str(),
+                generation: record.generation,
+            });
+        }
         if record.generation > cached || entry.current.load().is_none() {
             let schedule =
                 entry

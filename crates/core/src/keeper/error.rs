@@ -61,6 +61,17 @@ pub enum KeeperError {
         /// What the provider issues.
         lifetime: Duration,
     },
+    /// A caller reported a generation that was never stored (rejections of a future
+    /// generation would let any client force refreshes).
+    #[error("generation {reported} of `{name}` was never issued (the current one is {current})")]
+    UnknownGeneration {
+        /// The credential.
+        name: String,
+        /// What the caller reported.
+        reported: u64,
+        /// The stored generation.
+        current: u64,
+    },
     /// Another process held the refresh lease for too long.
     #[error("timed out after {waited:?} waiting for another process to refresh `{name}`")]
     LeaseWaitTimeout {
@@ -91,9 +102,9 @@ impl KeeperError {
     /// What to do about this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            KeeperError::UnknownCredential(_) | KeeperError::MinTtlTooLong { .. } => {
-                ErrorClass::Configuration
-            }
+            KeeperError::UnknownCredential(_)
+            | KeeperError::MinTtlTooLong { .. }
+            | KeeperError::UnknownGeneration { .. } => ErrorClass::Configuration,
             KeeperError::NotStored(_) | KeeperError::NeedsReauth { .. } => ErrorClass::NeedsReauth,
             KeeperError::Unavailable { class, .. } | KeeperError::Refresh { class, .. } => *class,
             KeeperError::LeaseWaitTimeout { .. }

@@ -100,6 +100,17 @@ struct Inner {
     reauth: Option<reauth_hook::ReauthHook>,
 }
 
+/// What a Keeper holds of one credential in memory (see [`Keeper::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The cached generation (0: nothing loaded yet).
+    pub generation: u64,
+    /// When the cached access token expires, if one is cached.
+    pub expires_at: Option<Timestamp>,
+    /// The status this process last saw.
+    pub status: CredentialStatus,
+}
+
 /// The token engine. Cheap to clone; safe for concurrent use.
 #[derive(Clone)]
 pub struct Keeper {
@@ -152,6 +163,18 @@ impl Keeper {
     /// The in-memory status of a credential (what this process last saw).
     pub fn status(&self, name: &str) -> Option<CredentialStatus> {
         self.inner.entries.get(name).map(|e| e.status())
+    }
+
+    /// What this process holds of a credential, from memory (no store access): the cached
+    /// generation and expiry, and the status. `None` for an unknown credential.
+    pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
+        let entry = self.inner.entries.get(name)?;
+        let current = entry.current.load();
+        Some(Snapshot {
+            generation: current.as_ref().map_or(0, |c| c.generation),
+            expires_at: current.as_ref().map(|c| c.tokens.expires_at),
+            status: entry.status(),
+        })
     }
 
     fn entry(&self, name: &str) -> Result<&Arc<Entry>, KeeperError> {
@@ -235,11 +258,25 @@ impl Keeper {
 
     /// Reports that an API rejected the token of `generation` as invalid or expired. Refreshes
     /// only if that generation is still current (compare-and-refresh) and returns a token of a
-    /// newer generation.
+    /// newer generation. A generation newer than the stored one was never issued: refused with
+    /// [`KeeperError::UnknownGeneration`], without a refresh.
     pub async fn rejected(&self, name: &str, generation: u64) -> Result<Token, KeeperError> {
         let entry = self.entry(name)?;
         if entry.current.load().is_none() {
             self.load(entry).await?;
+        }
+        if generation > entry.generation() {
+            // Another process may have stored it since this one looked: read the store.
+            if let Some(record) = self.read_store(entry).await? {
+                self.install(entry, record);
+            }
+            if generation > entry.generation() {
+                return Err(KeeperError::UnknownGeneration {
+                    name: name.to_owned(),
+                    reported: generation,
+                    current: entry.generation(),
+                });
+            }
         }
         let current_generation = entry.generation();
         if current_generation > generation {

@@ -145,7 +145,9 @@ impl Keeper {
             Err(error) => return self.serve_or(entry, need, error),
         };
         let started = tokio::time::Instant::now();
-        let outcome = entry.client.request(&request, now).await;
+        let outcome = self
+            .renewing(entry, lease, entry.client.request(&request, now))
+            .await;
         let latency = started.elapsed();
         match outcome {
             Ok(response) => {
@@ -174,6 +176,32 @@ impl Keeper {
                 }
                 self.record_failure(entry, need, start.generation, error, latency)
                     .await
+            }
+        }
+    }
+
+    /// Runs `work` (the token request) while renewing `lease` every third of its TTL, so a slow
+    /// provider never lets the lease lapse under a live holder. A lost lease is only logged: the
+    /// fenced write that follows refuses to store what this holder got.
+    async fn renewing<T>(
+        &self,
+        entry: &Entry,
+        lease: &Lease,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let ttl = self.effective_lease_ttl(entry);
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = tokio::time::sleep(every) => {
+                    match self.inner.store.renew_lease(lease, self.now(), ttl).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => tracing::warn!(credential = %entry.name, "the refresh lease was taken over during the token request; its result will be refused"),
+                        Err(error) => tracing::warn!(credential = %entry.name, %error, "could not renew the refresh lease"),
+                    }
+                }
             }
         }
     }

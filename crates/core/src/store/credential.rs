@@ -186,6 +186,17 @@ pub trait CredentialStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<LeaseAttempt, StoreError>;
 
+    /// Extends `lease` to `now + ttl` if it is still held by its owner under its fence (nobody
+    /// took it over), and returns the new expiry; `None` when it was lost. The holder renews
+    /// while its token request runs, so a slow provider never lets the lease lapse under a
+    /// live holder.
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Timestamp>, StoreError>;
+
     /// Releases a lease taken with [`CredentialStore::try_acquire_lease`] and clears its
     /// in-flight marker. Releasing a lease that was taken over by someone else does nothing.
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError>;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +44,7 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    reads: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -57,6 +59,16 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// How many reads (`load`, `list`, `get`, `list_children`, `parts`) the store has answered:
+    /// lets a test prove that a code path never reads the store.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn count_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -65,10 +77,12 @@ impl MemoryStore {
 #[async_trait]
 impl CredentialStore for MemoryStore {
     async fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
+        self.count_read();
         Ok(self.state().credentials.get(name).cloned())
     }
 
     async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+        self.count_read();
         let mut list: Vec<_> = self
             .state()
             .credentials
@@ -170,6 +184,22 @@ impl CredentialStore for MemoryStore {
         }))
     }
 
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let mut state = self.state();
+        match state.leases.get_mut(&lease.name) {
+            Some(row) if row.fence == lease.fence && row.owner == lease.owner && !row.released => {
+                row.expires_at = now + ttl;
+                Ok(Some(row.expires_at))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         if let Some(row) = self.state().leases.get_mut(&lease.name)
             && row.fence == lease.fence
@@ -201,6 +231,7 @@ impl CredentialStore for MemoryStore {
 #[async_trait]
 impl RecordStore for MemoryStore {
     async fn get(&self, kind: RecordKind, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        self.count_read();
         Ok(self
             .state()
             .records
@@ -257,6 +288,7 @@ impl RecordStore for MemoryStore {
         kind: RecordKind,
         parent: &RecordKey,
     ) -> Result<Vec<Record>, StoreError> {
+        self.count_read();
         if parent.item().is_some() {
             return Ok(Vec::new());
         }
@@ -276,6 +308,7 @@ impl RecordStore for MemoryStore {
     }
 
     async fn parts(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        self.count_read();
         let state = self.state();
         let mut parts: Vec<RecordKey> = state
             .records

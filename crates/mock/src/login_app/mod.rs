@@ -277,15 +277,15 @@ impl AppState {
         user: &str,
         now: Timestamp,
     ) -> (String, String) {
-        let sid = random_token(32);
-        let refresh = random_token(32);
+        let sid = authkeeper_testkit::mark(random_token(32));
+        let refresh = authkeeper_testkit::mark(random_token(32));
         sessions.by_sid.insert(
             sid.clone(),
             Session {
                 user: user.to_owned(),
                 created: now,
                 last_seen: now,
-                api_token: random_token(24),
+                api_token: authkeeper_testkit::mark(random_token(24)),
             },
         );
         sessions.refresh.insert(

@@ -238,10 +238,17 @@ fn normalize(path: &str) -> Result<String, PathError> {
                 if decoded.contains(&0) || decoded.contains(&b'\\') {
                     return Err(PathError::Malformed("encoded NUL or backslash"));
                 }
+                // Servlet containers (Tomcat, Jetty behind Spring) strip `;params` from a segment
+                // before resolving dots: `..;x` climbs there. Refuse a dot segment with parameters.
+                if is_dot_segment(strip_params(&decoded)) {
+                    return Err(PathError::Malformed(
+                        "a dot segment with parameters (`..;`)",
+                    ));
+                }
                 if decoded.contains(&b'/')
                     && decoded
                         .split(|&b| b == b'/')
-                        .any(|part| part == b"." || part == b"..")
+                        .any(|part| is_dot_segment(strip_params(part)))
                 {
                     return Err(PathError::Malformed("dot segments behind encoded slashes"));
                 }
@@ -255,6 +262,16 @@ fn normalize(path: &str) -> Result<String, PathError> {
         }
     }
     Ok(out.join("/"))
+}
+
+/// `.` or `..`.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    segment == b"." || segment == b".."
+}
+
+/// A decoded segment without its `;parameters`.
+fn strip_params(segment: &[u8]) -> &[u8] {
+    segment.split(|&b| b == b';').next().unwrap_or_default()
 }
 
 /// Checks that `text` only has characters allowed in a URI path (or query) and valid
@@ -396,6 +413,21 @@ mod tests {
         for input in ["/..", "/a/../..", "/%2e%2e/x", "/../v1/x"] {
             assert_eq!(api.target(input), Err(PathError::Escapes), "{input}");
         }
+        // Dot segments with `;parameters` are `..` for servlet containers: refused outright.
+        for input in [
+            "/..;/admin",
+            "/a/..;x=1/..;/admin",
+            "/.;/x",
+            "/%2e%2e;jsessionid=1/admin",
+            "/a%2f..%3bx/b",
+            "/x/..%3b/y",
+        ] {
+            assert!(
+                matches!(api.target(input), Err(PathError::Malformed(_))),
+                "{input}"
+            );
+        }
+        assert!(api.target("/a;v=1/b").is_ok(), "ordinary parameters pass");
         for input in [
             "x", "/a b", "/%zz", "/%", "/a%00", "/a%5c..", "/..%2f..", "/a\\b", "/é", "/a?b c",
         ] {

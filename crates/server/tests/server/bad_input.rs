@@ -36,7 +36,36 @@ async fn malformed_paths_and_unknown_routes_are_problems() {
         .send()
         .await
         .expect("send");
-    problem(response, 400, "invalid-request").await;
+    let body = problem(response, 400, "invalid-request").await;
+    let largest = body["max_min_ttl"]
+        .as_u64()
+        .expect("the largest min_ttl is named");
+    let response = t
+        .get(
+            &format!("/v1/credentials/crm/token?min_ttl={largest}"),
+            Some(KEY_A),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "max_min_ttl is accepted");
+    // A rejection of a generation never issued is refused and refreshes nothing.
+    let response = t
+        .http
+        .post(format!("{}/v1/credentials/crm/rejected", t.url))
+        .bearer_auth(KEY_A)
+        .json(&serde_json::json!({ "generation": 99_999 }))
+        .send()
+        .await
+        .expect("send");
+    let body = problem(response, 400, "invalid-request").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("never issued"),
+        "{body}"
+    );
     let response = t
         .get("/v2/nothing", Some(KEY_A))
         .send()

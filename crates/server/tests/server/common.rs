@@ -9,6 +9,7 @@ use authkeeper_core::{
 };
 use authkeeper_mock::{Knobs, MockConfig, MockIdp};
 use authkeeper_server::auth::key_sha256;
+use authkeeper_server::config::Permission;
 use authkeeper_server::{Broker, BrokerConfig, ClientConfig, Listen, Metrics, ServerConfig};
 use authkeeper_store::{KeySettings, SqliteStore};
 
@@ -16,6 +17,8 @@ use authkeeper_store::{KeySettings, SqliteStore};
 pub const KEY_A: &str = "ak_test-key-a";
 /// The key of client `b`, allowed to use everything.
 pub const KEY_B: &str = "ak_test-key-b";
+/// A key that may only scrape `/metrics`.
+pub const KEY_OPS: &str = "ak_test_ops_key";
 
 pub struct TestBroker {
     pub broker: Broker,
@@ -43,6 +46,7 @@ pub fn clients() -> Vec<ClientConfig> {
             credentials: vec!["crm".into()],
             sites: vec![],
             checkpoints: vec![],
+            permissions: None,
         },
         ClientConfig {
             name: "b".into(),
@@ -50,6 +54,15 @@ pub fn clients() -> Vec<ClientConfig> {
             credentials: vec!["*".into()],
             sites: vec![],
             checkpoints: vec![],
+            permissions: None,
+        },
+        ClientConfig {
+            name: "ops".into(),
+            key_sha256: key_sha256(KEY_OPS),
+            credentials: vec!["*".into()],
+            sites: vec![],
+            checkpoints: vec![],
+            permissions: Some(vec![Permission::Metrics]),
         },
     ]
 }
@@ -69,7 +82,7 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
     let idp = MockIdp::start(MockConfig::default().with_knobs(knobs))
         .await
         .expect("mock idp");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = authkeeper_testkit::temp_dir();
     let settings = KeySettings::from_env(None);
     let (store, _) =
         SqliteStore::open_with_settings(dir.path().join("store.db"), &settings).expect("store");

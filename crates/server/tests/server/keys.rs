@@ -1,7 +1,7 @@
 //! Client keys: 401 without or with a wrong key, 403 for a credential the key may not use and
 //! the same 403 for one that does not exist; health without a key; metrics after a refresh.
 
-use super::common::{KEY_A, KEY_B, knobs, problem, start};
+use super::common::{KEY_A, KEY_B, KEY_OPS, knobs, problem, start};
 
 #[tokio::test]
 async fn no_key_and_wrong_key_get_401_with_a_challenge() {
@@ -97,6 +97,16 @@ async fn health_needs_no_key_and_metrics_count_refreshes() {
         200
     );
     t.ready().await;
+    // Probes answer a status, nothing about credentials, errors or the store's address.
+    let ready: serde_json::Value = t
+        .get("/readyz", None)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready, serde_json::json!({ "status": "ready" }));
     let token: serde_json::Value = t
         .get("/v1/credentials/crm/token", Some(KEY_A))
         .send()
@@ -117,7 +127,12 @@ async fn health_needs_no_key_and_metrics_count_refreshes() {
     assert_eq!(refreshed.status(), 200);
     let refreshed: serde_json::Value = refreshed.json().await.expect("json");
     assert_eq!(refreshed["generation"].as_u64(), Some(generation + 1));
-    let metrics = t.get("/metrics", None).send().await.expect("send");
+    // /metrics needs a key with the `metrics` permission (a worker's key is not enough).
+    let anonymous = t.get("/metrics", None).send().await.expect("send");
+    assert_eq!(anonymous.status(), 401);
+    let worker = t.get("/metrics", Some(KEY_A)).send().await.expect("send");
+    assert_eq!(worker.status(), 403);
+    let metrics = t.get("/metrics", Some(KEY_OPS)).send().await.expect("send");
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.expect("text");
     for needle in [

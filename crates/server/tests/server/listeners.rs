@@ -10,7 +10,7 @@ use super::common::{KEY_A, knobs, start};
 
 #[tokio::test]
 async fn unix_socket_is_private_and_serves_http() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = authkeeper_testkit::temp_dir();
     let path = dir.path().join("broker.sock");
     // A stale socket left by a crashed broker is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
@@ -42,7 +42,7 @@ async fn unix_socket_is_private_and_serves_http() {
 
 #[tokio::test]
 async fn tls_listener_serves_https() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = authkeeper_testkit::temp_dir();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");

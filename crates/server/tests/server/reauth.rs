@@ -14,7 +14,9 @@ use authkeeper_core::{
 };
 use authkeeper_login::reauth::{LoginReauthenticator, ReauthSettings};
 use authkeeper_mock::{MockConfig, MockIdp};
-use authkeeper_server::notify::{Notifier, NotifyConfig, SIGNATURE_HEADER, sign};
+use authkeeper_server::notify::{
+    DELIVERY_HEADER, Notifier, NotifyConfig, SIGNATURE_HEADER, VerifyError, verify,
+};
 use authkeeper_server::{Broker, BrokerConfig, Listen, Metrics, ServerConfig};
 use authkeeper_store::{KeySettings, SqliteStore};
 use axum::body::Bytes;
@@ -27,8 +29,16 @@ use super::common::{KEY_A, KEY_B, clients, credential, knobs, problem};
 const WEBHOOK_SECRET: &str = "whsec-test-4f1c";
 const ITEMS: u64 = 100;
 
-/// A webhook receiver: every POST body and its signature header.
-async fn webhook() -> (String, mpsc::UnboundedReceiver<(Option<String>, Bytes)>) {
+/// One webhook delivery as received.
+#[derive(Debug)]
+struct Delivery {
+    signature: Option<String>,
+    id: Option<String>,
+    body: Bytes,
+}
+
+/// A webhook receiver: every POST body with its signature and delivery headers.
+async fn webhook() -> (String, mpsc::UnboundedReceiver<Delivery>) {
     let (sender, receiver) = mpsc::unbounded_channel();
     let attempts = Arc::new(Mutex::new(0u32));
     let app = axum::Router::new().route(
@@ -46,11 +56,17 @@ async fn webhook() -> (String, mpsc::UnboundedReceiver<(Option<String>, Bytes)>)
                 if first {
                     return http::StatusCode::SERVICE_UNAVAILABLE;
                 }
-                let signature = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let _ = sender.send((signature, body));
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let _ = sender.send(Delivery {
+                    signature: header(SIGNATURE_HEADER),
+                    id: header(DELIVERY_HEADER),
+                    body,
+                });
                 http::StatusCode::NO_CONTENT
             }
         }),
@@ -80,7 +96,7 @@ async fn start(hook_url: &str) -> (Fixture, String) {
     let idp = MockIdp::start(MockConfig::default().with_knobs(knobs(60_000)))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = authkeeper_testkit::temp_dir();
     let (store, _) =
         SqliteStore::open_with_settings(dir.path().join("store.db"), &KeySettings::from_env(None))
             .unwrap();
@@ -237,6 +253,45 @@ async fn worker(
     Outcome::Done
 }
 
+/// Checks a delivery with [`verify`] and with the documented Python and Node examples, and that
+/// a changed body, delivery id or secret, or a stale timestamp, fails.
+fn assert_verifies(delivery: &Delivery) {
+    let signature = delivery.signature.as_deref().expect("signed");
+    let id = delivery.id.as_deref().expect("a delivery id");
+    let secret = WEBHOOK_SECRET.as_bytes();
+    let now = SystemClock::new().now().as_secs();
+    assert_eq!(verify(secret, signature, id, &delivery.body, now), Ok(()));
+    assert_eq!(
+        verify(b"another secret", signature, id, &delivery.body, now),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(
+        verify(secret, signature, "another-id", &delivery.body, now),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(
+        verify(secret, signature, id, &delivery.body, now + 600),
+        Err(VerifyError::Stale)
+    );
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/webhooks");
+    for (program, script) in [("python3", "verify.py"), ("node", "verify.mjs")] {
+        for (body, expect_ok) in [(&delivery.body[..], true), (&b"{}"[..], false)] {
+            let mut child = std::process::Command::new(program)
+                .arg(examples.join(script))
+                .env("AK_SECRET", WEBHOOK_SECRET)
+                .env("AK_SIGNATURE", signature)
+                .env("AK_DELIVERY", id)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program} must be installed (scripts/test does): {e}"));
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(body).unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.success(), expect_ok, "{program} {script}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_grant_notifies_and_wait_callers_resume_from_the_checkpoint() {
     let (hook_url, mut hooks) = webhook().await;
@@ -257,18 +312,12 @@ async fn revoked_grant_notifies_and_wait_callers_resume_from_the_checkpoint() {
     assert_eq!(stats.invalid_grant - refreshes_before.invalid_grant, 1);
 
     // The webhook got a signed notice (after one failed delivery).
-    let (signature, body) = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
+    let delivery = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
         .await
         .expect("no webhook notice within 10 s")
         .expect("webhook channel");
-    assert_eq!(
-        signature.as_deref(),
-        Some(sign(WEBHOOK_SECRET.as_bytes(), &body).as_str())
-    );
-    assert_ne!(
-        signature.as_deref(),
-        Some(sign(b"another secret", &body).as_str())
-    );
+    assert_verifies(&delivery);
+    let body = delivery.body.clone();
     let notice: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(notice["event"], "needs_reauth");
     assert_eq!(notice["credential"], "crm");
@@ -367,6 +416,16 @@ async fn revoked_grant_notifies_and_wait_callers_resume_from_the_checkpoint() {
         assert_eq!(token["generation"], generation);
     }
 
+    // The webhook hears that the credential works again.
+    let delivery = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
+        .await
+        .expect("no recovered notice within 10 s")
+        .expect("webhook channel");
+    assert_verifies(&delivery);
+    let notice: Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(notice["event"], "recovered", "{notice}");
+    assert_eq!(notice["credential"], "crm");
+
     // A new worker continues from the checkpoint, not from the start.
     let outcome = worker(&t, &processed, None).await;
     assert_eq!(outcome, Outcome::Done);
@@ -401,7 +460,7 @@ async fn checkpoints_are_sealed_limited_and_per_client() {
     for (task, key, status) in [
         ("a", KEY_A, 200),
         ("a.one", KEY_A, 200),
-        ("a-two", KEY_A, 200),
+        ("a-two", KEY_A, 403), // a different client could be named `a-two`
         ("ab", KEY_A, 403),
         ("b.x", KEY_A, 403),
         ("b.x", KEY_B, 200),

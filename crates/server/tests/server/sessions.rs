@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use authkeeper_core::{Keeper, MemoryStore, Store, SystemClock};
 use authkeeper_server::auth::key_sha256;
+use authkeeper_server::config::Permission;
 use authkeeper_server::{Broker, BrokerConfig, ClientConfig, Listen, ServerConfig};
 use authkeeper_session::{SessionPool, SiteConfig, StateCookie, StorageState};
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use super::openapi::{conforms, document};
 
 const WORKER: &str = "ak_sessions-worker";
 const OUTSIDER: &str = "ak_sessions-outsider";
+const OPS: &str = "ak_sessions-ops";
 
 fn state(account: &str) -> StorageState {
     let mut cookie = StateCookie::new("sid", format!("SECRET-COOKIE-{account}"), "127.0.0.1", "/");
@@ -27,6 +29,7 @@ fn state(account: &str) -> StorageState {
 
 struct Sessions {
     broker: Broker,
+    memory: Arc<MemoryStore>,
     pool: Arc<SessionPool>,
     url: String,
     http: reqwest::Client,
@@ -41,7 +44,8 @@ async fn start(accounts: usize) -> Sessions {
         names.join(", ")
     ))
     .expect("site");
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn Store> = memory.clone();
     let pool = Arc::new(
         SessionPool::new(
             store.clone(),
@@ -65,6 +69,7 @@ async fn start(accounts: usize) -> Sessions {
         credentials: vec![],
         sites: sites.iter().map(|s| s.to_string()).collect(),
         checkpoints: vec![],
+        permissions: None,
     };
     let broker = Broker::start(
         keeper,
@@ -76,6 +81,10 @@ async fn start(accounts: usize) -> Sessions {
             clients: vec![
                 client("worker", WORKER, &["portal"]),
                 client("outsider", OUTSIDER, &[]),
+                ClientConfig {
+                    permissions: Some(vec![Permission::Metrics]),
+                    ..client("ops", OPS, &[])
+                },
             ],
             sessions: Some(pool.clone()),
             ..BrokerConfig::new(store.clone())
@@ -86,6 +95,7 @@ async fn start(accounts: usize) -> Sessions {
     let url = broker.url();
     Sessions {
         broker,
+        memory,
         pool,
         url,
         http: reqwest::Client::new(),
@@ -280,15 +290,22 @@ async fn lease_heartbeat_release_and_the_problems_around_them() {
         .unwrap();
     assert_eq!(theirs["sessions"].as_array().unwrap().len(), 0);
 
-    let metrics = t
-        .http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A scrape reads counters kept in memory: never the store (no session is decrypted).
+    let reads_before = t.memory.reads();
+    let scrape = || async {
+        t.http
+            .get(format!("{}/metrics", t.url))
+            .bearer_auth(OPS)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let _ = scrape().await;
+    let metrics = scrape().await;
+    assert_eq!(t.memory.reads(), reads_before, "a scrape read the store");
     assert!(
         metrics.contains("authkeeper_session_events_total{event=\"lease\"} 2"),
         "{metrics}"

@@ -184,8 +184,9 @@ impl SessionPool {
         };
         let mut out = Vec::new();
         for name in names {
-            let mut sessions: Vec<SessionSummary> = records::load_site(self.store.as_ref(), name)
-                .await?
+            let loaded = records::load_site(self.store.as_ref(), name).await?;
+            self.count(name, &loaded, now);
+            let mut sessions: Vec<SessionSummary> = loaded
                 .iter()
                 .map(|entry| SessionSummary::of(&entry.session, now))
                 .collect();

@@ -109,7 +109,7 @@ impl SessionPool {
             } else {
                 ttl
             };
-            taken.lease = Some(self.new_lease(site, &taken, &request.holder, now + hold));
+            taken.lease = Some(self.new_lease(site, &taken, &request.holder, now + hold, ttl));
             taken.usage_count += 1;
             taken.last_used_at = Some(now);
             match self.write_record(&taken, entry.version).await? {
@@ -134,7 +134,8 @@ impl SessionPool {
                     continue;
                 }
                 let mut taken = session.clone();
-                taken.lease = Some(self.new_lease(site, &taken, &request.holder, now + claim_ttl));
+                taken.lease =
+                    Some(self.new_lease(site, &taken, &request.holder, now + claim_ttl, ttl));
                 taken.usage_count += 1;
                 taken.last_used_at = Some(now);
                 match self.write_record(&taken, entry.version).await? {
@@ -169,7 +170,7 @@ impl SessionPool {
                     };
                     let mut fresh = self.new_session(site, account, &id, now)?;
                     fresh.lease =
-                        Some(self.new_lease(site, &fresh, &request.holder, now + claim_ttl));
+                        Some(self.new_lease(site, &fresh, &request.holder, now + claim_ttl, ttl));
                     fresh.usage_count = 1;
                     fresh.last_used_at = Some(now);
                     match self.write_record(&fresh, expected_version).await? {
@@ -212,17 +213,20 @@ impl SessionPool {
         login + probe + Duration::from_secs(5)
     }
 
+    /// A lease of `session` for `holder` until `expires_at`; heartbeats renew it by `ttl`.
     pub(super) fn new_lease(
         &self,
         site: &Site,
         session: &Session,
         holder: &str,
         expires_at: Timestamp,
+        ttl: Duration,
     ) -> LeaseInfo {
         LeaseInfo {
             lease_id: new_lease_id(&site.name, &session.id),
             holder: holder.to_owned(),
             expires_at,
+            ttl_ms: Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 

@@ -21,12 +21,22 @@ impl SessionPool {
     ) -> Result<Timestamp, LeaseError> {
         let (site, id) = self.lease_target(lease_id)?;
         let policy = &site.config.pool;
-        let ttl = ttl.unwrap_or(policy.lease_ttl).clamp(
-            Duration::from_secs(1),
-            policy.max_lease_ttl.max(Duration::from_secs(1)),
-        );
+        let clamp = |ttl: Duration| {
+            ttl.clamp(
+                Duration::from_secs(1),
+                policy.max_lease_ttl.max(Duration::from_secs(1)),
+            )
+        };
         for _ in 0..MAX_ATTEMPTS {
             let mut held = self.held(site, &id, lease_id).await?;
+            // Without a TTL, renew by the one the lease was taken with.
+            let leased_with = held
+                .session
+                .lease
+                .as_ref()
+                .and_then(|lease| lease.ttl_ms)
+                .map(Duration::from_millis);
+            let ttl = clamp(ttl.or(leased_with).unwrap_or(policy.lease_ttl));
             let expires_at = self.clock.now() + ttl;
             if let Some(lease) = held.session.lease.as_mut() {
                 lease.expires_at = expires_at;

@@ -69,6 +69,7 @@ impl SessionPool {
         report: &mut MaintenanceReport,
     ) -> Result<(), super::LeaseError> {
         let sessions = records::load_site(self.store.as_ref(), &site.name).await?;
+        self.count(&site.name, &sessions, self.clock.now());
         for entry in sessions {
             let now = self.clock.now();
             let session = &entry.session;
@@ -127,8 +128,13 @@ impl SessionPool {
     ) -> Result<(), super::LeaseError> {
         let now = self.clock.now();
         let mut held = entry.session.clone();
-        held.lease =
-            Some(self.new_lease(site, &held, JANITOR, now + self.preparation_allowance(site)));
+        held.lease = Some(self.new_lease(
+            site,
+            &held,
+            JANITOR,
+            now + self.preparation_allowance(site),
+            self.preparation_allowance(site),
+        ));
         let Some(version) = self.write_record(&held, entry.version).await? else {
             return Ok(()); // someone leased it meanwhile
         };

@@ -25,6 +25,7 @@ use self::claim::{Claim, hand_out};
 use self::prepare::ProbeVerdict;
 
 pub use self::records::SESSION;
+use self::records::Versioned;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use authkeeper_core::name::{AccountName, SessionId, SiteName};
 use authkeeper_core::secret_ref::SecretRef;
 use authkeeper_core::{ExposeSecret, RecordStore, SharedClock, Timestamp};
+use authkeeper_login::process::ChildEnv;
 use serde::Serialize;
 
 pub use self::error::LeaseError;
@@ -173,6 +175,34 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// How many sessions of one site were in each state at the janitor's last pass (what the
+/// metrics show; a scrape never reads the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteCensus {
+    /// The site.
+    pub site: SiteName,
+    /// Active (logged in) sessions.
+    pub active: i64,
+    /// Sessions waiting for a login.
+    pub needs_login: i64,
+    /// Retired sessions.
+    pub retired: i64,
+    /// Sessions under an unexpired lease.
+    pub leased: i64,
+}
+
+impl SiteCensus {
+    /// The counts by state name (`active`, `needs_login`, `retired`, `leased`).
+    pub fn counts(&self) -> [(&'static str, i64); 4] {
+        [
+            ("active", self.active),
+            ("needs_login", self.needs_login),
+            ("retired", self.retired),
+            ("leased", self.leased),
+        ]
+    }
+}
+
 /// A configured site with its login method and HTTP clients (one per proxy identity).
 struct Site {
     name: SiteName,
@@ -188,6 +218,7 @@ pub struct SessionPool {
     clock: SharedClock,
     sites: BTreeMap<SiteName, Site>,
     counters: PoolCounters,
+    census: Mutex<BTreeMap<SiteName, SiteCensus>>,
 }
 
 impl fmt::Debug for SessionPool {
@@ -208,10 +239,12 @@ impl SessionPool {
     ) -> Result<Self, LeaseError> {
         let mut built = BTreeMap::new();
         for (name, config) in sites {
-            let login = login_for(&config).map_err(|source| LeaseError::LoginFailed {
-                site: name.to_string(),
-                account: String::new(),
-                source,
+            let login = login_for(&config, &ChildEnv::default()).map_err(|source| {
+                LeaseError::LoginFailed {
+                    site: name.to_string(),
+                    account: String::new(),
+                    source,
+                }
             })?;
             built.insert(
                 name.clone(),
@@ -228,7 +261,22 @@ impl SessionPool {
             clock,
             sites: built,
             counters: PoolCounters::default(),
+            census: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Gives the logins of every site (login commands, Chromium) `child_env`'s minimal
+    /// environment (see [`authkeeper_login::process::ChildEnv`]). Fails like [`SessionPool::new`].
+    pub fn with_child_env(mut self, child_env: &ChildEnv) -> Result<Self, LeaseError> {
+        for site in self.sites.values_mut() {
+            site.login =
+                login_for(&site.config, child_env).map_err(|source| LeaseError::LoginFailed {
+                    site: site.name.to_string(),
+                    account: String::new(),
+                    source,
+                })?;
+        }
+        Ok(self)
     }
 
     /// Replaces the login method of `site` (tests, embedding applications).
@@ -247,6 +295,41 @@ impl SessionPool {
     /// What the pool has done so far.
     pub fn counters(&self) -> &PoolCounters {
         &self.counters
+    }
+
+    /// The sessions of each site by state, as the janitor last counted them.
+    pub fn census(&self) -> Vec<SiteCensus> {
+        self.census
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records the census of `site` from the sessions just read.
+    pub(super) fn count(&self, site: &SiteName, sessions: &[Versioned], now: Timestamp) {
+        let mut census = SiteCensus {
+            site: site.clone(),
+            active: 0,
+            needs_login: 0,
+            retired: 0,
+            leased: 0,
+        };
+        for entry in sessions {
+            match entry.session.state {
+                SessionState::Active => census.active += 1,
+                SessionState::NeedsLogin => census.needs_login += 1,
+                SessionState::Retired => census.retired += 1,
+            }
+            if entry.session.is_leased(now) {
+                census.leased += 1;
+            }
+        }
+        self.census
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(site.clone(), census);
     }
 
     /// Writes `session` over `expected_version` (0: new); `Ok(None)`: someone else wrote first.

@@ -1,6 +1,7 @@
-//! Credentials in Redis: one hash per credential (sealed token set and plaintext status), one
-//! for its lease, written by the Lua scripts of [`super::scripts`], and the
-//! [`CredentialStore`] implementation of [`RedisStore`].
+//! Credentials in Redis: one hash per credential (sealed token set, sealed status and expiry,
+//! plaintext copies of the status for operators), one for its lease, written by the Lua scripts
+//! of [`super::scripts`], and the [`CredentialStore`] implementation of [`RedisStore`]. Reads
+//! take status and expiry from the sealed values only.
 
 use std::time::Duration;
 
@@ -9,28 +10,17 @@ use tokio::sync::broadcast;
 
 use authkeeper_core::name::CredentialName;
 use authkeeper_core::{
-    CredentialState, CredentialStatus, CredentialStore, CredentialSummary, Lease, LeaseAttempt,
-    Precondition, StoreError, StoredCredential, Timestamp, TokenSet, WriteOutcome,
+    CredentialStatus, CredentialStore, CredentialSummary, Lease, LeaseAttempt, Precondition,
+    StoreError, StoredCredential, Timestamp, TokenSet, WriteOutcome,
 };
 
 use super::{ChangeEvent, RedisStore, error};
-use crate::seal::CREDENTIAL_KIND;
+use crate::record::{decode_status, decode_token_set, encode_status};
+use crate::seal::{CREDENTIAL_KIND, CREDENTIAL_STATUS_KIND};
 
 /// While the subscription is up, waiters still re-read the generation this often, in case an
 /// event was lost.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
-/// The status fields of a credential hash, in the order they are read.
-const STATUS_FIELDS: [&str; 5] = [
-    "state",
-    "last_refresh_at",
-    "failures",
-    "reason",
-    "next_attempt_at",
-];
-
-/// The status fields as read from the hash.
-type RawStatus = [Option<String>; 5];
-
 impl RedisStore {
     /// The stored generation of `name` (0 when nothing is stored).
     pub(super) async fn generation(&self, name: &CredentialName) -> Result<u64, StoreError> {
@@ -47,7 +37,12 @@ impl RedisStore {
         parse_u64(name, "generation", generation.as_deref().unwrap_or("0"))
     }
 
-    /// Writes `tokens` as the next generation (`cas`: only over `expected`, fenced).
+    /// How often a write without a precondition re-reads the generation after losing a race.
+    const UNCONDITIONAL_ATTEMPTS: usize = 16;
+
+    /// Writes `tokens` as the next generation: over `expected` (and, with a fence, only while
+    /// the lease's fence is it), or over whatever is stored (`None`, retried when another write
+    /// wins the race: the value is sealed for the generation it becomes).
     async fn write(
         &self,
         name: &CredentialName,
@@ -55,11 +50,6 @@ impl RedisStore {
         tokens: &TokenSet,
         last_refresh_at: Option<Timestamp>,
     ) -> Result<WriteOutcome, StoreError> {
-        let sealed = self
-            .inner
-            .keyring
-            .seal(CREDENTIAL_KIND, name, &tokens.to_secret_json())
-            .map_err(|e| e.into_store_error(CREDENTIAL_KIND, name))?;
         let mut conn = self.conn();
         // Index first: a credential whose state exists is always listed, even if this process
         // dies between the two calls (a name without state is skipped by `list`).
@@ -72,27 +62,59 @@ impl RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        let (mode, expected, fence) = match cas {
-            Some((expected, fence)) => (
-                "cas",
-                expected.to_string(),
-                fence.map(|f| f.to_string()).unwrap_or_default(),
-            ),
-            None => ("put", String::new(), String::new()),
+        let mut attempts = 0;
+        loop {
+            let (expected, fence) = match cas {
+                Some(cas) => cas,
+                None => (self.generation(name).await?, None),
+            };
+            let outcome = self
+                .write_over(name, expected, fence, tokens, last_refresh_at)
+                .await?;
+            attempts += 1;
+            match outcome {
+                WriteOutcome::Conflict { .. }
+                    if cas.is_none() && attempts < Self::UNCONDITIONAL_ATTEMPTS => {}
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+
+    /// One conditional write of `tokens` as generation `expected + 1`.
+    async fn write_over(
+        &self,
+        name: &CredentialName,
+        expected: u64,
+        fence: Option<u64>,
+        tokens: &TokenSet,
+        last_refresh_at: Option<Timestamp>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let generation = expected.saturating_add(1);
+        let seal = |kind, plaintext: &[u8]| {
+            self.inner
+                .keyring
+                .seal(&self.binding(kind, name, generation), plaintext)
+                .map_err(|e| e.into_store_error(kind, name))
         };
+        let sealed = seal(CREDENTIAL_KIND, &tokens.to_secret_json())?;
+        let status = CredentialStatus {
+            last_refresh_at,
+            ..CredentialStatus::default()
+        };
+        let sealed_status = seal(
+            CREDENTIAL_STATUS_KIND,
+            &encode_status(&status, tokens.expires_at),
+        )?;
+        let mut conn = self.conn();
         let mut call = self.inner.scripts.write.prepare_invoke();
         call.key(self.inner.keys.state(name))
             .key(self.inner.keys.lease(name))
-            .arg(mode)
-            .arg(expected)
-            .arg(fence)
+            .arg(expected.to_string())
+            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
             .arg(sealed.as_slice())
+            .arg(sealed_status.as_slice())
             .arg(tokens.expires_at.as_millis().to_string())
-            .arg(
-                last_refresh_at
-                    .map(|t| t.as_millis().to_string())
-                    .unwrap_or_default(),
-            )
+            .arg(optional_millis(last_refresh_at))
             .arg(self.inner.keys.channel())
             .arg(name.as_str());
         let reply: Vec<String> = self
@@ -115,6 +137,33 @@ impl RedisStore {
             )),
         }
     }
+
+    /// Opens a credential's sealed status: the status and the expiry of its generation's
+    /// tokens.
+    fn open_status(
+        &self,
+        name: &str,
+        generation: u64,
+        sealed: Option<&[u8]>,
+    ) -> Result<(CredentialStatus, Timestamp), StoreError> {
+        let sealed = sealed.ok_or_else(|| error::corrupt(name, "no sealed status"))?;
+        let plaintext = self
+            .inner
+            .keyring
+            .open(
+                &self.binding(CREDENTIAL_STATUS_KIND, name, generation),
+                sealed,
+            )
+            .map_err(|e| e.into_store_error(CREDENTIAL_STATUS_KIND, name))?;
+        decode_status(&plaintext).map_err(|what| error::corrupt(name, &what))
+    }
+}
+
+/// A TTL in milliseconds, as a script argument.
+fn ttl_millis(ttl: Duration) -> String {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .to_string()
 }
 
 pub(super) fn parse_u64(name: &str, what: &str, text: &str) -> Result<u64, StoreError> {
@@ -135,88 +184,46 @@ pub(super) fn parse_millis(
     .transpose()
 }
 
-fn parse_status(name: &str, raw: RawStatus) -> Result<CredentialStatus, StoreError> {
-    let [state, last_refresh_at, failures, reason, next_attempt_at] = raw;
-    Ok(CredentialStatus {
-        state: match state.as_deref() {
-            None => CredentialState::Valid,
-            Some(text) => {
-                CredentialState::parse(text).ok_or_else(|| error::corrupt(name, "unknown state"))?
-            }
-        },
-        last_refresh_at: parse_millis(name, "last_refresh_at", last_refresh_at.as_deref())?,
-        failures: failures
-            .as_deref()
-            .unwrap_or("0")
-            .parse()
-            .map_err(|_| error::corrupt(name, "failures is not a number"))?,
-        reason,
-        next_attempt_at: parse_millis(name, "next_attempt_at", next_attempt_at.as_deref())?,
-    })
-}
-
 fn optional_millis(time: Option<Timestamp>) -> String {
     time.map(|t| t.as_millis().to_string()).unwrap_or_default()
 }
 
-/// An HMGET reply of `generation, X, STATUS_FIELDS...` split into its parts.
-struct HashRow {
-    generation: Option<Vec<u8>>,
-    second: Option<Vec<u8>>,
-    status: RawStatus,
-}
-
-/// Splits an HMGET reply of `generation, X, STATUS_FIELDS...`.
-fn split_status(mut values: Vec<Option<Vec<u8>>>) -> Option<HashRow> {
-    if values.len() != 2 + STATUS_FIELDS.len() {
-        return None;
-    }
-    let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let status: Vec<Option<String>> = values.drain(2..).map(text).collect();
-    let status: RawStatus = status.try_into().ok()?;
-    let second = values.pop()?;
-    let generation = values.pop()?;
-    Some(HashRow {
-        generation,
-        second,
-        status,
-    })
+/// A generation as read from a hash.
+fn read_generation(name: &str, raw: Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
+    raw.map(|bytes| parse_u64(name, "generation", &String::from_utf8_lossy(&bytes)))
+        .transpose()
 }
 
 #[async_trait]
 impl CredentialStore for RedisStore {
     async fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
         let mut conn = self.conn();
-        let values: Vec<Option<Vec<u8>>> = self
+        let (generation, sealed, sealed_status): (
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        ) = self
             .timed(
                 "loading a credential",
                 ::redis::cmd("HMGET")
                     .arg(self.inner.keys.state(name))
                     .arg("generation")
                     .arg("sealed")
-                    .arg(&STATUS_FIELDS[..])
+                    .arg("sealed_status")
                     .query_async(&mut conn),
             )
             .await?;
-        let HashRow {
-            generation,
-            second: sealed,
-            status,
-        } = split_status(values)
-            .ok_or_else(|| error::corrupt(name, "unexpected reply to HMGET"))?;
-        let Some(generation) = generation else {
+        let Some(generation) = read_generation(name, generation)? else {
             return Ok(None);
         };
-        let generation = parse_u64(name, "generation", &String::from_utf8_lossy(&generation))?;
         let sealed = sealed.ok_or_else(|| error::corrupt(name, "no sealed token set"))?;
-        let status = parse_status(name, status)?;
+        let (status, _) = self.open_status(name, generation, sealed_status.as_deref())?;
         let plaintext = self
             .inner
             .keyring
-            .open(CREDENTIAL_KIND, name, &sealed)
+            .open(&self.binding(CREDENTIAL_KIND, name, generation), &sealed)
             .map_err(|e| e.into_store_error(CREDENTIAL_KIND, name))?;
-        let tokens = crate::record::decode_token_set(&plaintext)
-            .map_err(|what| error::corrupt(name, &what))?;
+        let tokens = decode_token_set(&plaintext).map_err(|what| error::corrupt(name, &what))?;
         Ok(Some(StoredCredential {
             name: name.clone(),
             generation,
@@ -254,32 +261,23 @@ impl CredentialStore for RedisStore {
             pipe.cmd("HMGET")
                 .arg(self.inner.keys.state(name))
                 .arg("generation")
-                .arg("expires_at")
-                .arg(&STATUS_FIELDS[..]);
+                .arg("sealed_status");
         }
-        let rows: Vec<Vec<Option<Vec<u8>>>> = self
+        let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = self
             .timed("listing credentials", pipe.query_async(&mut conn))
             .await?;
         let mut summaries = Vec::with_capacity(names.len());
-        for (name, values) in names.into_iter().zip(rows) {
-            let HashRow {
-                generation,
-                second: expires_at,
-                status,
-            } = split_status(values)
-                .ok_or_else(|| error::corrupt(&name, "unexpected reply to HMGET"))?;
+        for (name, (generation, sealed_status)) in names.into_iter().zip(rows) {
             // Indexed but not stored: deleted, or a write that never happened.
-            let Some(generation) = generation else {
+            let Some(generation) = read_generation(&name, generation)? else {
                 continue;
             };
-            let generation = parse_u64(&name, "generation", &String::from_utf8_lossy(&generation))?;
-            let expires_at = expires_at.map(|b| String::from_utf8_lossy(&b).into_owned());
-            let expires_at = parse_millis(&name, "expires_at", expires_at.as_deref())?
-                .ok_or_else(|| error::corrupt(&name, "no expires_at"))?;
+            let (status, expires_at) =
+                self.open_status(&name, generation, sealed_status.as_deref())?;
             summaries.push(CredentialSummary {
                 generation,
                 expires_at,
-                status: parse_status(&name, status)?,
+                status,
                 name,
             });
         }
@@ -310,6 +308,30 @@ impl CredentialStore for RedisStore {
         status: &CredentialStatus,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
+        let (stored, sealed_status): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .timed(
+                "reading a status",
+                ::redis::cmd("HMGET")
+                    .arg(self.inner.keys.state(name))
+                    .arg("generation")
+                    .arg("sealed_status")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if read_generation(name, stored)? != Some(generation) {
+            return Ok(false);
+        }
+        // The expiry of this generation's tokens, from the authenticated copy (the script
+        // writes only while the generation is still this one).
+        let (_, expires_at) = self.open_status(name, generation, sealed_status.as_deref())?;
+        let sealed_status = self
+            .inner
+            .keyring
+            .seal(
+                &self.binding(CREDENTIAL_STATUS_KIND, name, generation),
+                &encode_status(status, expires_at),
+            )
+            .map_err(|e| e.into_store_error(CREDENTIAL_STATUS_KIND, name))?;
         let mut call = self.inner.scripts.set_status.prepare_invoke();
         call.key(self.inner.keys.state(name))
             .arg(generation.to_string())
@@ -320,7 +342,8 @@ impl CredentialStore for RedisStore {
             .arg(status.reason.as_deref().unwrap_or_default())
             .arg(optional_millis(status.next_attempt_at))
             .arg(self.inner.keys.channel())
-            .arg(name.as_str());
+            .arg(name.as_str())
+            .arg(sealed_status.as_slice());
         let written: i64 = self
             .timed("writing a status", call.invoke_async(&mut conn))
             .await?;
@@ -376,22 +399,22 @@ impl CredentialStore for RedisStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<LeaseAttempt, StoreError> {
-        let expires_at = now + ttl;
         let mut conn = self.conn();
         let mut call = self.inner.scripts.acquire.prepare_invoke();
         call.key(self.inner.keys.lease(name))
             .arg(owner)
+            .arg(self.inner.options.lease_clock_mode())
             .arg(now.as_millis().to_string())
-            .arg(expires_at.as_millis().to_string());
+            .arg(ttl_millis(ttl));
         let reply: Vec<String> = self
             .timed("taking a lease", call.invoke_async(&mut conn))
             .await?;
         match reply.as_slice() {
             [busy, held_until] if busy == "0" => Ok(LeaseAttempt::Busy {
                 held_until: parse_millis(name, "lease expires_at", Some(held_until))?
-                    .unwrap_or(expires_at),
+                    .unwrap_or(now + ttl),
             }),
-            [acquired, fence, abandoned, previous_owner] if acquired == "1" => {
+            [acquired, fence, abandoned, previous_owner, expires_at] if acquired == "1" => {
                 let took_over_abandoned = abandoned == "1";
                 if took_over_abandoned {
                     tracing::warn!(
@@ -404,7 +427,8 @@ impl CredentialStore for RedisStore {
                     name: name.clone(),
                     owner: owner.to_owned(),
                     fence: parse_u64(name, "fence", fence)?,
-                    expires_at,
+                    expires_at: parse_millis(name, "lease expires_at", Some(expires_at))?
+                        .unwrap_or(now + ttl),
                     took_over_abandoned,
                     guard: None,
                 }))
@@ -414,6 +438,29 @@ impl CredentialStore for RedisStore {
                 "unexpected reply from the lease script",
             )),
         }
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let mut conn = self.conn();
+        let mut call = self.inner.scripts.renew.prepare_invoke();
+        call.key(self.inner.keys.lease(&lease.name))
+            .arg(&lease.owner)
+            .arg(lease.fence.to_string())
+            .arg(self.inner.options.lease_clock_mode())
+            .arg(now.as_millis().to_string())
+            .arg(ttl_millis(ttl));
+        let renewed: String = self
+            .timed("renewing a lease", call.invoke_async(&mut conn))
+            .await?;
+        if renewed.is_empty() {
+            return Ok(None);
+        }
+        parse_millis(&lease.name, "lease expires_at", Some(&renewed))
     }
 
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {

@@ -1,8 +1,9 @@
 //! The Redis key layout: every key under one prefix, one credential's keys in one cluster slot.
 //!
 //! ```text
-//! {prefix}{cred:NAME}:state   hash: generation, sealed, expires_at, state, last_refresh_at,
-//!                             failures, reason, next_attempt_at
+//! {prefix}{cred:NAME}:state   hash: generation, sealed, sealed_status, and plaintext copies
+//!                             of expires_at, state, last_refresh_at, failures, reason,
+//!                             next_attempt_at (for operators; never read back)
 //! {prefix}{cred:NAME}:lease   hash: fence (monotonic, survives delete), owner, expires_at
 //! {prefix}index               set of stored names (for `list`; its own slot)
 //! {prefix}{r:KIND:PART}       hash: version, sealed, updated_at (record `PART` of KIND)
@@ -11,6 +12,7 @@
 //! {prefix}r:KIND:parts        set of the PARTs of KIND that had records (its own slot)
 //! {prefix}layout              "2": records use the layout above (see `legacy`)
 //! {prefix}key-check           a sealed constant proving every replica uses the same key
+//! {prefix}store-id            16 random bytes bound into every sealed value of this prefix
 //! {prefix}events              pub/sub channel: "NAME GENERATION" or "NAME released"
 //! ```
 //!
@@ -117,6 +119,10 @@ impl Keys {
 
     pub(crate) fn key_check(&self) -> String {
         format!("{}key-check", self.prefix)
+    }
+
+    pub(crate) fn store_id(&self) -> String {
+        format!("{}store-id", self.prefix)
     }
 
     pub(crate) fn channel(&self) -> String {

@@ -3,17 +3,19 @@
 //!
 //! - **Layout** ([`keys`]): one hash per credential for its sealed token set and plaintext
 //!   status, one hash for its refresh lease and fence, both under the `{cred:NAME}` hash tag.
-//! - **Sealing**: exactly as in the embedded store ([`crate::seal`], kind `credential`, the name
-//!   as associated data); a sealed key-check value makes a replica with another key fail at
-//!   connect instead of writing values the others cannot open.
+//! - **Sealing**: exactly as in the embedded store ([`crate::seal`]: every value bound to the
+//!   prefix's store id, its kind, name and generation or version; a credential's status and
+//!   expiry sealed beside its tokens); a sealed key-check value makes a replica with another key
+//!   fail at connect instead of writing values the others cannot open. A prefix sealed in format
+//!   1 is upgraded once, when a replica connects ([`upgrade`](self)).
 //! - **Atomicity**: every conditional write is one Lua script ([`scripts`]) that checks the
 //!   generation and, for fenced writes, the lease's fence before writing, so a replica whose
 //!   lease was taken over can never overwrite a newer token set.
-//! - **Lease clock**: lease expiry is judged with the `now` the caller passes (the Keeper's
-//!   clock), as in the embedded store, and never with Redis `PX` expiry: a second clock would
-//!   disagree with the Keeper's, and an expiring key would erase the evidence that a holder died
-//!   mid-refresh ([`Lease::took_over_abandoned`]). Replicas' clocks must agree within a small
-//!   fraction of the lease TTL (NTP); fencing keeps a skewed replica from writing anyway.
+//! - **Lease clock**: lease expiry is judged by Redis' own clock (`TIME` inside the scripts), so
+//!   every replica judges a lease the same way and one whose clock runs ahead cannot take a live
+//!   lease over ([`LeaseClock`]); never by Redis `PX` expiry, which would erase the evidence that
+//!   a holder died mid-refresh ([`authkeeper_core::Lease::took_over_abandoned`]). A holder renews its lease while
+//!   its token request runs; fencing keeps a holder that lost its lease from writing anyway.
 //! - **Records** ([`records`](self)): one hash per record (`version`, `sealed`, `updated_at`;
 //!   kind and key as associated data) and a set of items per part, under the `{r:KIND:PART}`
 //!   hash tag; a compare-and-put or delete is one Lua script checking the version and
@@ -45,6 +47,7 @@ pub mod keys;
 mod legacy;
 mod records;
 mod scripts;
+mod upgrade;
 pub mod url;
 
 use std::fmt;
@@ -56,9 +59,11 @@ use tokio::sync::broadcast;
 
 #[cfg(doc)]
 use authkeeper_core::CredentialStore;
-use authkeeper_core::{Lease, StoreError, Timestamp};
+use authkeeper_core::StoreError;
 
-use crate::seal::{KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT, KeyId, Keyring};
+use crate::seal::{
+    Binding, KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT, KeyId, Keyring, StoreId, is_v1,
+};
 
 pub use self::error::RedisFailure;
 pub use self::events::ChangeEvent;
@@ -68,6 +73,27 @@ pub use self::url::RedisUrl;
 use self::events::{Events, Subscriber, SubscriberConfig};
 use self::keys::Keys;
 use self::scripts::Scripts;
+
+/// Which clock judges refresh leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseClock {
+    /// Redis' own `TIME`: every replica judges a lease by one clock, so a replica whose clock
+    /// runs ahead cannot take a live lease over (the default).
+    #[default]
+    Server,
+    /// The `now` each caller passes (the Keeper's clock). For tests that drive time with a
+    /// manual clock only.
+    Caller,
+}
+
+impl LeaseClock {
+    pub(crate) fn mode(self) -> &'static str {
+        match self {
+            LeaseClock::Server => "server",
+            LeaseClock::Caller => "caller",
+        }
+    }
+}
 
 /// Tuning of a [`RedisStore`]. `Debug` shows no secret (there is none here).
 #[derive(Debug, Clone)]
@@ -82,6 +108,8 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// How often a waiter polls the generation while the pub/sub subscription is down (150 ms).
     pub poll_interval: Duration,
+    /// Which clock judges refresh leases ([`LeaseClock::Server`]).
+    pub lease_clock: LeaseClock,
     /// How often the pub/sub connection is checked with PING (5 s).
     pub ping_interval: Duration,
     /// How long [`RedisStore::connect_with`] waits for the first subscription before going on
@@ -98,6 +126,7 @@ impl Default for RedisOptions {
             poll_interval: Duration::from_millis(150),
             ping_interval: Duration::from_secs(5),
             subscribe_wait: Duration::from_secs(1),
+            lease_clock: LeaseClock::Server,
         }
     }
 }
@@ -130,6 +159,16 @@ impl RedisOptions {
     /// Sets [`RedisOptions::ping_interval`].
     pub fn with_ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
+        self
+    }
+
+    pub(crate) fn lease_clock_mode(&self) -> &'static str {
+        self.lease_clock.mode()
+    }
+
+    /// Sets [`RedisOptions::lease_clock`].
+    pub fn with_lease_clock(mut self, clock: LeaseClock) -> Self {
+        self.lease_clock = clock;
         self
     }
 }
@@ -169,6 +208,8 @@ struct Inner {
     options: RedisOptions,
     conn: ::redis::aio::ConnectionManager,
     keyring: Keyring,
+    /// Set by [`RedisStore::connect_with`] before it returns the store.
+    store_id: std::sync::OnceLock<StoreId>,
     scripts: Scripts,
     events: Arc<Events>,
     _subscriber: Subscriber,
@@ -252,13 +293,19 @@ impl RedisStore {
                 options,
                 conn,
                 keyring,
+                store_id: std::sync::OnceLock::new(),
                 scripts: Scripts::new(),
                 events,
                 _subscriber: subscriber,
             }),
         };
-        store.check_or_write_key_check().await?;
+        let (store_id, format_1) = store.open_store_keys().await?;
+        // Set once, here, before the store is used.
+        let _ = store.inner.store_id.set(store_id);
         store.migrate_legacy_records().await?;
+        if format_1 {
+            store.upgrade_to_format_2(store_id).await?;
+        }
         let mut subscribed = store.inner.events.subscribed.subscribe();
         let wait = store.inner.options.subscribe_wait;
         if tokio::time::timeout(wait, subscribed.wait_for(|up| *up))
@@ -360,31 +407,6 @@ impl RedisStore {
         }
     }
 
-    /// Extends a held lease to `now + ttl` if it is still ours (same owner and fence: nobody took
-    /// it over). Returns whether it was renewed; on success `lease.expires_at` is updated.
-    /// Renew well before expiry while a refresh is in flight (e.g. every TTL/3).
-    pub async fn renew_lease(
-        &self,
-        lease: &mut Lease,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let expires_at = now + ttl;
-        let mut conn = self.conn();
-        let mut call = self.inner.scripts.renew.prepare_invoke();
-        call.key(self.inner.keys.lease(&lease.name))
-            .arg(&lease.owner)
-            .arg(lease.fence.to_string())
-            .arg(expires_at.as_millis().to_string());
-        let renewed: i64 = self
-            .timed("renewing a lease", call.invoke_async(&mut conn))
-            .await?;
-        if renewed == 1 {
-            lease.expires_at = expires_at;
-        }
-        Ok(renewed == 1)
-    }
-
     fn conn(&self) -> ::redis::aio::ConnectionManager {
         self.inner.conn.clone()
     }
@@ -406,7 +428,25 @@ impl RedisStore {
         }
     }
 
-    async fn check_or_write_key_check(&self) -> Result<(), StoreError> {
+    /// The binding of a value of `kind`/`name` at `version` in this prefix.
+    pub(crate) fn binding<'a>(&self, kind: &'a str, name: &'a str, version: u64) -> Binding<'a> {
+        Binding::new(self.store_id(), kind, name, version)
+    }
+
+    /// The prefix's store id (see [`crate::seal::StoreId`]).
+    pub fn store_id(&self) -> StoreId {
+        self.inner
+            .store_id
+            .get()
+            .copied()
+            .unwrap_or_else(|| StoreId::from_bytes([0; crate::seal::STORE_ID_LEN]))
+    }
+
+    /// Reads (or, for a new prefix, writes) the store id and the key check, and verifies that
+    /// this replica's key opens the key check. Returns the id and whether the prefix is still
+    /// sealed in format 1 (to upgrade).
+    async fn open_store_keys(&self) -> Result<(StoreId, bool), StoreError> {
+        let store_id = self.read_or_create_store_id().await?;
         let key = self.inner.keys.key_check();
         let mut conn = self.conn();
         let existing: Option<Vec<u8>> = self
@@ -415,13 +455,14 @@ impl RedisStore {
                 ::redis::cmd("GET").arg(&key).query_async(&mut conn),
             )
             .await?;
+        let binding = Binding::new(store_id, KEY_CHECK_KIND, KEY_CHECK_NAME, 0);
         let existing = match existing {
             Some(sealed) => sealed,
             None => {
                 let sealed = self
                     .inner
                     .keyring
-                    .seal(KEY_CHECK_KIND, KEY_CHECK_NAME, KEY_CHECK_PLAINTEXT)
+                    .seal(&binding, KEY_CHECK_PLAINTEXT)
                     .map_err(|e| e.into_store_error(KEY_CHECK_KIND, KEY_CHECK_NAME))?;
                 let written: Option<String> = self
                     .timed(
@@ -434,7 +475,7 @@ impl RedisStore {
                     )
                     .await?;
                 if written.is_some() {
-                    return Ok(());
+                    return Ok((store_id, false));
                 }
                 let raced: Option<Vec<u8>> = self
                     .timed(
@@ -445,16 +486,53 @@ impl RedisStore {
                 raced.unwrap_or(sealed)
             }
         };
-        self.inner
-            .keyring
-            .open(KEY_CHECK_KIND, KEY_CHECK_NAME, &existing)
-            .map_err(|e| StoreError::Decrypt {
-                kind: KEY_CHECK_KIND,
-                name: format!("{} prefix {:?}", self.inner.url, self.prefix()),
-                reason: format!(
-                    "{e}: the data under this prefix was sealed with another key; every replica needs the same AUTHKEEPER_KEY"
-                ),
-            })?;
-        Ok(())
+        let format_1 = is_v1(&existing);
+        let opened = if format_1 {
+            self.inner
+                .keyring
+                .open_v1(KEY_CHECK_KIND, KEY_CHECK_NAME, &existing)
+        } else {
+            self.inner.keyring.open(&binding, &existing)
+        };
+        opened.map_err(|e| StoreError::Decrypt {
+            kind: KEY_CHECK_KIND,
+            name: format!("{} prefix {:?}", self.inner.url, self.prefix()),
+            reason: format!(
+                "{e}: the data under this prefix was sealed with another key; every replica needs the same AUTHKEEPER_KEY"
+            ),
+        })?;
+        Ok((store_id, format_1))
+    }
+
+    /// The prefix's store id, created (`SET NX`) when missing.
+    async fn read_or_create_store_id(&self) -> Result<StoreId, StoreError> {
+        let key = self.inner.keys.store_id();
+        let mut conn = self.conn();
+        let fresh = StoreId::generate();
+        let _: Option<String> = self
+            .timed(
+                "writing the store id",
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(fresh.as_bytes().as_slice())
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let stored: Option<Vec<u8>> = self
+            .timed(
+                "reading the store id",
+                ::redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await?;
+        stored
+            .as_deref()
+            .and_then(StoreId::from_slice)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the store id under prefix {:?} is malformed",
+                    self.prefix()
+                ))
+            })
     }
 }

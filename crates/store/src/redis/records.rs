@@ -1,5 +1,5 @@
-//! Records in Redis: one hash per record (`version`, `sealed`, `updated_at`; kind and key
-//! `PART[/ITEM]` as associated data) and a set of items per part, under the `{r:KIND:PART}`
+//! Records in Redis: one hash per record (`version`, `sealed`, `updated_at`; store id, kind,
+//! key `PART[/ITEM]` and version as associated data) and a set of items per part, under the `{r:KIND:PART}`
 //! hash tag; a write or delete is one Lua script checking the version and maintaining the set.
 
 use async_trait::async_trait;
@@ -11,9 +11,71 @@ use super::credentials::{parse_millis, parse_u64};
 use super::{RedisStore, error};
 
 /// A record hash as read: version, sealed, updated_at.
-type RawRecord = (Option<String>, Option<Vec<u8>>, Option<String>);
+pub(super) type RawRecord = (Option<String>, Option<Vec<u8>>, Option<String>);
+
+/// How often a write without a version expectation re-reads the version after losing a race.
+const UNCONDITIONAL_ATTEMPTS: usize = 16;
 
 impl RedisStore {
+    /// The stored version of a record (0: absent).
+    async fn record_version(&self, kind: RecordKind, key: &RecordKey) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let version: Option<String> = self
+            .timed(
+                "reading a record version",
+                ::redis::cmd("HGET")
+                    .arg(self.inner.keys.record(kind, key))
+                    .arg("version")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        parse_u64(
+            &key.to_string(),
+            "version",
+            version.as_deref().unwrap_or("0"),
+        )
+    }
+
+    /// One conditional write of `data` as version `expected + 1` (`expected` 0: absent).
+    async fn put_over(
+        &self,
+        kind: RecordKind,
+        key: &RecordKey,
+        expected: u64,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let name = key.to_string();
+        let version = expected
+            .checked_add(1)
+            .ok_or_else(|| error::corrupt_record(kind, &name, "version overflow"))?;
+        let sealed = self
+            .inner
+            .keyring
+            .seal(&self.binding(kind.as_str(), &name, version), data)
+            .map_err(|e| e.into_store_error(kind.as_str(), &name))?;
+        let mut conn = self.conn();
+        let mut call = self.inner.scripts.put_record.prepare_invoke();
+        call.key(self.inner.keys.record(kind, key))
+            .key(self.inner.keys.record_items(kind, key.part()))
+            .arg(expected.to_string())
+            .arg(sealed.as_slice())
+            .arg(now.as_millis().to_string())
+            .arg(key.item().unwrap_or(""));
+        let reply: Vec<String> = self
+            .timed("writing a record", call.invoke_async(&mut conn))
+            .await?;
+        match reply.as_slice() {
+            [written, version] if written == "1" => parse_u64(&name, "version", version).map(Some),
+            [written, _] if written == "0" => Ok(None),
+            _ => Err(error::corrupt_record(
+                kind,
+                &name,
+                "unexpected reply from the record write script",
+            )),
+        }
+    }
+
     /// Unseals a record hash; `None` when it does not exist.
     fn open_record(
         &self,
@@ -41,7 +103,7 @@ impl RedisStore {
         let data = self
             .inner
             .keyring
-            .open(kind.as_str(), &name, &sealed)
+            .open(&self.binding(kind.as_str(), &name, version), &sealed)
             .map_err(|e| e.into_store_error(kind.as_str(), &name))?;
         Ok(Some(Record {
             key,
@@ -52,7 +114,7 @@ impl RedisStore {
     }
 
     /// Reads record hashes in one pipeline.
-    async fn read_records(
+    pub(super) async fn read_records(
         &self,
         kind: RecordKind,
         keys: &[RecordKey],
@@ -71,7 +133,11 @@ impl RedisStore {
     }
 
     /// The members of set `key` that are valid names, sorted.
-    async fn valid_members(&self, what: &str, key: String) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn valid_members(
+        &self,
+        what: &str,
+        key: String,
+    ) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn();
         let mut members: Vec<String> = self
             .timed(
@@ -110,18 +176,9 @@ impl RecordStore for RedisStore {
         data: &[u8],
         now: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        let (mode, expected) = match expect {
-            Expect::Any => ("any", 0),
-            Expect::Absent => ("absent", 0),
-            Expect::Version(0) => return Ok(None),
-            Expect::Version(version) => ("version", version),
-        };
-        let name = key.to_string();
-        let sealed = self
-            .inner
-            .keyring
-            .seal(kind.as_str(), &name, data)
-            .map_err(|e| e.into_store_error(kind.as_str(), &name))?;
+        if expect == Expect::Version(0) {
+            return Ok(None);
+        }
         let mut conn = self.conn();
         // The part first: a part with a record is always listed, even if this process dies
         // between the two calls (a part without records is skipped by `parts`).
@@ -134,26 +191,20 @@ impl RecordStore for RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        let mut call = self.inner.scripts.put_record.prepare_invoke();
-        call.key(self.inner.keys.record(kind, key))
-            .key(self.inner.keys.record_items(kind, key.part()))
-            .arg(mode)
-            .arg(expected.to_string())
-            .arg(sealed.as_slice())
-            .arg(now.as_millis().to_string())
-            .arg(key.item().unwrap_or(""));
-        let reply: Vec<String> = self
-            .timed("writing a record", call.invoke_async(&mut conn))
-            .await?;
-        match reply.as_slice() {
-            [written, version] if written == "1" => parse_u64(&name, "version", version).map(Some),
-            [written, _] if written == "0" => Ok(None),
-            _ => Err(error::corrupt_record(
-                kind,
-                &name,
-                "unexpected reply from the record write script",
-            )),
+        // The value is sealed for the version it becomes; `Any` re-reads it after a lost race.
+        for _ in 0..UNCONDITIONAL_ATTEMPTS {
+            let expected = match expect {
+                Expect::Absent => 0,
+                Expect::Version(version) => version,
+                Expect::Any => self.record_version(kind, key).await?,
+            };
+            match self.put_over(kind, key, expected, data, now).await? {
+                Some(version) => return Ok(Some(version)),
+                None if expect != Expect::Any => return Ok(None),
+                None => {}
+            }
         }
+        Ok(None)
     }
 
     async fn remove(

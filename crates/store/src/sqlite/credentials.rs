@@ -1,5 +1,6 @@
-//! Credential rows (`credentials`: name, generation, sealed token set, expiry, status columns)
-//! and the [`CredentialStore`] implementation of [`SqliteStore`].
+//! Credential rows (`credentials`: name, generation, sealed token set, sealed status, and
+//! plaintext copies of expiry and status for operators) and the [`CredentialStore`]
+//! implementation of [`SqliteStore`]. Reads take status and expiry from the sealed values only.
 
 use std::time::Duration;
 
@@ -14,13 +15,14 @@ use authkeeper_core::{
 
 use super::errors::{corrupt_row, sql_error, to_i64, to_u64};
 use super::{CHANGE_POLL_INTERVAL, Inner, SqliteStore};
-use crate::record::decode_token_set;
-use crate::seal::CREDENTIAL_KIND;
+use crate::record::{decode_status, decode_token_set, encode_status};
+use crate::seal::{CREDENTIAL_KIND, CREDENTIAL_STATUS_KIND};
 
 const WHAT: &str = "credential";
 
-/// The plaintext status columns of a credential row.
-struct StatusColumns {
+/// The plaintext status columns of a credential row (copies for operators; read back only by the
+/// upgrade to sealing format 2).
+pub(super) struct StatusColumns {
     state: String,
     last_refresh_at: Option<i64>,
     failures: i64,
@@ -30,7 +32,7 @@ struct StatusColumns {
 
 impl StatusColumns {
     /// Reads the five status columns starting at `first`.
-    fn read(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+    pub(super) fn read(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
         Ok(StatusColumns {
             state: row.get(first)?,
             last_refresh_at: row.get(first + 1)?,
@@ -40,7 +42,7 @@ impl StatusColumns {
         })
     }
 
-    fn into_status(self, name: &str) -> Result<CredentialStatus, StoreError> {
+    pub(super) fn into_status(self, name: &str) -> Result<CredentialStatus, StoreError> {
         Ok(CredentialStatus {
             state: CredentialState::parse(&self.state)
                 .ok_or_else(|| corrupt_row(WHAT, name, "unknown state"))?,
@@ -53,7 +55,7 @@ impl StatusColumns {
     }
 }
 
-const STATUS_COLUMNS: &str = "state, last_refresh_at, failures, reason, next_attempt_at";
+pub(super) const STATUS_COLUMNS: &str = "state, last_refresh_at, failures, reason, next_attempt_at";
 
 /// The stored generation of `name` (0: nothing stored).
 pub(super) fn stored_generation(
@@ -72,30 +74,40 @@ pub(super) fn stored_generation(
 }
 
 impl Inner {
+    /// Opens a row's sealed status: the status and the expiry of its generation's tokens.
+    fn open_status(
+        &self,
+        name: &str,
+        generation: u64,
+        sealed_status: Option<&[u8]>,
+    ) -> Result<(CredentialStatus, Timestamp), StoreError> {
+        let sealed = sealed_status.ok_or_else(|| corrupt_row(WHAT, name, "no sealed status"))?;
+        let plaintext = self.unseal(CREDENTIAL_STATUS_KIND, name, generation, sealed)?;
+        decode_status(&plaintext).map_err(|problem| corrupt_row(WHAT, name, &problem))
+    }
+
     fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
         let row = self
             .conn()
             .query_row(
-                &format!(
-                    "SELECT generation, sealed, {STATUS_COLUMNS} FROM credentials WHERE name = ?1"
-                ),
+                "SELECT generation, sealed, sealed_status FROM credentials WHERE name = ?1",
                 params![name.as_str()],
                 |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, Vec<u8>>(1)?,
-                        StatusColumns::read(row, 2)?,
+                        row.get::<_, Option<Vec<u8>>>(2)?,
                     ))
                 },
             )
             .optional()
             .map_err(sql_error)?;
-        let Some((generation, sealed, status)) = row else {
+        let Some((generation, sealed, sealed_status)) = row else {
             return Ok(None);
         };
         let generation = to_u64(WHAT, name, "generation", generation)?;
-        let status = status.into_status(name)?;
-        let plaintext = self.unseal(CREDENTIAL_KIND, name, &sealed)?;
+        let (status, _) = self.open_status(name, generation, sealed_status.as_deref())?;
+        let plaintext = self.unseal(CREDENTIAL_KIND, name, generation, &sealed)?;
         let tokens =
             decode_token_set(&plaintext).map_err(|problem| corrupt_row(WHAT, name, &problem))?;
         Ok(Some(StoredCredential {
@@ -109,27 +121,27 @@ impl Inner {
     fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
         let conn = self.conn();
         let mut statement = conn
-            .prepare(&format!(
-                "SELECT name, generation, expires_at, {STATUS_COLUMNS} FROM credentials ORDER BY name"
-            ))
+            .prepare("SELECT name, generation, sealed_status FROM credentials ORDER BY name")
             .map_err(sql_error)?;
         let rows = statement
             .query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    StatusColumns::read(row, 3)?,
+                    row.get::<_, Option<Vec<u8>>>(2)?,
                 ))
             })
             .map_err(sql_error)?;
         let mut summaries = Vec::new();
         for row in rows {
-            let (name, generation, expires_at, status) = row.map_err(sql_error)?;
+            let (name, generation, sealed_status) = row.map_err(sql_error)?;
+            let generation = to_u64(WHAT, &name, "generation", generation)?;
+            let (status, expires_at) =
+                self.open_status(&name, generation, sealed_status.as_deref())?;
             summaries.push(CredentialSummary {
-                generation: to_u64(WHAT, &name, "generation", generation)?,
-                expires_at: Timestamp::from_millis(expires_at),
-                status: status.into_status(&name)?,
+                generation,
+                expires_at,
+                status,
                 name: CredentialName::new(&name)
                     .map_err(|_| corrupt_row(WHAT, &name, "invalid name"))?,
             });
@@ -147,18 +159,37 @@ impl Inner {
         last_refresh_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let sealed = self.seal(tx, CREDENTIAL_KIND, name, &tokens.to_secret_json())?;
+        let sealed = self.seal(
+            tx,
+            CREDENTIAL_KIND,
+            name,
+            generation,
+            &tokens.to_secret_json(),
+        )?;
+        let status = CredentialStatus {
+            last_refresh_at,
+            ..CredentialStatus::default()
+        };
+        let sealed_status = self.seal(
+            tx,
+            CREDENTIAL_STATUS_KIND,
+            name,
+            generation,
+            &encode_status(&status, tokens.expires_at),
+        )?;
         tx.execute(
-            "INSERT INTO credentials (name, generation, sealed, expires_at, state, last_refresh_at, failures,
-                 reason, next_attempt_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'valid', ?5, 0, NULL, NULL, ?6)
+            "INSERT INTO credentials (name, generation, sealed, sealed_status, expires_at, state,
+                 last_refresh_at, failures, reason, next_attempt_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'valid', ?6, 0, NULL, NULL, ?7)
              ON CONFLICT(name) DO UPDATE SET generation = excluded.generation, sealed = excluded.sealed,
-                 expires_at = excluded.expires_at, state = 'valid', last_refresh_at = excluded.last_refresh_at,
-                 failures = 0, reason = NULL, next_attempt_at = NULL, updated_at = excluded.updated_at",
+                 sealed_status = excluded.sealed_status, expires_at = excluded.expires_at,
+                 state = 'valid', last_refresh_at = excluded.last_refresh_at, failures = 0,
+                 reason = NULL, next_attempt_at = NULL, updated_at = excluded.updated_at",
             params![
                 name.as_str(),
                 to_i64(generation),
                 sealed,
+                sealed_status,
                 tokens.expires_at.as_millis(),
                 last_refresh_at.map(Timestamp::as_millis),
                 now.as_millis(),
@@ -209,10 +240,33 @@ impl Inner {
         status: &CredentialStatus,
     ) -> Result<bool, StoreError> {
         self.write(|tx| {
+            let row: Option<(i64, Option<Vec<u8>>)> = tx
+                .query_row(
+                    "SELECT generation, sealed_status FROM credentials WHERE name = ?1",
+                    params![name.as_str()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(sql_error)?;
+            let Some((stored, sealed_status)) = row else {
+                return Ok(false);
+            };
+            if to_u64(WHAT, name, "generation", stored)? != generation {
+                return Ok(false);
+            }
+            // The expiry of this generation's tokens, from the authenticated copy.
+            let (_, expires_at) = self.open_status(name, generation, sealed_status.as_deref())?;
+            let sealed_status = self.seal(
+                tx,
+                CREDENTIAL_STATUS_KIND,
+                name,
+                generation,
+                &encode_status(status, expires_at),
+            )?;
             let updated = tx
                 .execute(
                     "UPDATE credentials SET state = ?2, last_refresh_at = ?3, failures = ?4, reason = ?5,
-                         next_attempt_at = ?6 WHERE name = ?1 AND generation = ?7",
+                         next_attempt_at = ?6, sealed_status = ?8 WHERE name = ?1 AND generation = ?7",
                     params![
                         name.as_str(),
                         status.state.as_str(),
@@ -221,6 +275,7 @@ impl Inner {
                         status.reason,
                         status.next_attempt_at.map(Timestamp::as_millis),
                         to_i64(generation),
+                        sealed_status,
                     ],
                 )
                 .map_err(sql_error)?;
@@ -290,6 +345,17 @@ impl CredentialStore for SqliteStore {
     ) -> Result<LeaseAttempt, StoreError> {
         let (name, owner) = (name.clone(), owner.to_owned());
         self.run(move |inner| inner.try_acquire_lease(&name, &owner, now, ttl))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let (name, owner, fence) = (lease.name.clone(), lease.owner.clone(), lease.fence);
+        self.run(move |inner| inner.renew_lease(&name, &owner, fence, now + ttl))
             .await
     }
 

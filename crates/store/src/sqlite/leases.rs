@@ -136,6 +136,24 @@ impl Inner {
         }))
     }
 
+    pub(super) fn renew_lease(
+        &self,
+        name: &CredentialName,
+        owner: &str,
+        fence: u64,
+        expires_at: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let renewed = self.write(|tx| {
+            tx.execute(
+                "UPDATE leases SET expires_at = ?4
+                 WHERE name = ?1 AND owner = ?2 AND fence = ?3 AND released = 0",
+                params![name.as_str(), owner, to_i64(fence), expires_at.as_millis()],
+            )
+            .map_err(sql_error)
+        })?;
+        Ok((renewed == 1).then_some(expires_at))
+    }
+
     pub(super) fn release_lease(&self, mut lease: Lease) -> Result<(), StoreError> {
         let guard = lease.guard.take();
         self.write(|tx| {
@@ -158,6 +176,10 @@ impl Inner {
         generation: u64,
     ) -> Result<Option<u64>, StoreError> {
         let previous = self.write(|tx| {
+            // A provider is about to be asked for tokens: make sure they can be stored (a
+            // process whose key was rotated away would redeem the refresh token and lose the
+            // answer).
+            self.sealing_keyring(tx)?;
             let previous: Option<Option<i64>> = tx
                 .query_row(
                     "SELECT in_flight FROM leases WHERE name = ?1",

@@ -70,6 +70,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         SELECT 'session', site, id, version, sealed, 0 FROM sessions;
     DROP TABLE checkpoints;
     DROP TABLE sessions;",
+    // 6: a credential's status and token expiry, sealed and bound to its generation (filled
+    // by the upgrade to sealing format 2 when the store is opened with its key).
+    "ALTER TABLE credentials ADD COLUMN sealed_status BLOB;",
 ];
 
 /// The schema version this build writes.

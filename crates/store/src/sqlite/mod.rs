@@ -1,8 +1,10 @@
 //! [`SqliteStore`]: the embedded store, one SQLite file (WAL, `synchronous=FULL`) shared by every
 //! process on the machine.
 //!
-//! Secrets live only in sealed blobs (see [`crate::seal`]); names, generations, expiry and status
-//! are plaintext columns. Records of every kind (table `records`: kind, part, item, version,
+//! Secrets live only in sealed blobs (see [`crate::seal`]), each bound to the store's id and its
+//! row's generation or version. Names and generations are plaintext columns; a credential's
+//! status and expiry are sealed too (`sealed_status`), with plaintext copies for operators that
+//! are never read back. Records of every kind (table `records`: kind, part, item, version,
 //! sealed document) are sealed the same way. The refresh lease combines an OS lock per credential
 //! (released by the kernel when its holder dies, see [`crate::lock`]) with a lease row carrying a
 //! monotonic fence that conditional writes check. Every database call runs on the blocking pool,
@@ -30,10 +32,10 @@ use authkeeper_core::StoreError;
 
 use self::errors::sql_error;
 use self::file::{create_private_file, quick_check, restrict_permissions};
-use self::keyring::check_or_write_key_check;
+use self::keyring::open_store_keys;
 use crate::key::{self, KeyOrigin, KeySettings};
 use crate::lock::LockDir;
-use crate::seal::{KeyId, Keyring, SealKey};
+use crate::seal::{KeyId, Keyring, SealKey, StoreId};
 
 /// How long a write waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +56,8 @@ struct Inner {
     conn: Mutex<Connection>,
     keyring: RwLock<Keyring>,
     key_file: Option<PathBuf>,
+    /// Bound into every sealed value (see [`crate::seal::Binding`]).
+    store_id: StoreId,
     locks: LockDir,
 }
 
@@ -144,7 +148,7 @@ impl SqliteStore {
             file.push(suffix);
             restrict_permissions(Path::new(&file));
         }
-        check_or_write_key_check(&mut conn, &keyring, path)?;
+        let store_id = open_store_keys(&mut conn, &keyring, path)?;
         let locks = LockDir::open(path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -152,6 +156,7 @@ impl SqliteStore {
                 conn: Mutex::new(conn),
                 keyring: RwLock::new(keyring),
                 key_file,
+                store_id,
                 locks,
             }),
         })
@@ -170,6 +175,12 @@ impl SqliteStore {
     /// The id of the key that seals new values.
     pub fn key_id(&self) -> KeyId {
         self.inner.keyring().primary().id()
+    }
+
+    /// The store's identity, bound into every sealed value: a value copied in from another
+    /// store does not open.
+    pub fn store_id(&self) -> StoreId {
+        self.inner.store_id
     }
 
     /// Re-seals every stored value (credentials, records of every kind, the key check)

@@ -1,6 +1,7 @@
 //! Sealed records of every kind (`records`: kind, part, item — `''` for one-segment keys —,
 //! version, sealed document, updated_at) and the [`RecordStore`] implementation of
-//! [`SqliteStore`]. A record's associated data is its kind and its key `PART[/ITEM]`.
+//! [`SqliteStore`]. A record's associated data is the store id, its kind, its key `PART[/ITEM]`
+//! and its version.
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension as _, params};
@@ -32,7 +33,7 @@ impl Inner {
         if version == 0 {
             return Err(corrupt_row(kind.as_str(), &name, "version 0"));
         }
-        let data = self.unseal(kind.as_str(), &name, sealed)?;
+        let data = self.unseal(kind.as_str(), &name, version, sealed)?;
         Ok(Record {
             key,
             version,
@@ -86,7 +87,7 @@ impl Inner {
             let version = current
                 .checked_add(1)
                 .ok_or_else(|| corrupt_row(kind.as_str(), &name, "version overflow"))?;
-            let sealed = self.seal(tx, kind.as_str(), &name, data)?;
+            let sealed = self.seal(tx, kind.as_str(), &name, version, data)?;
             tx.execute(
                 "INSERT INTO records (kind, part, item, version, sealed, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
