@@ -165,6 +165,7 @@ class Stack:
         credentials: List[str],
         sites: Optional[List[str]] = None,
         checkpoints: Optional[List[str]] = None,
+        permissions: Optional[List[str]] = None,
     ) -> str:
         out = subprocess.run(
             [self.binary, "keys", "new", name], capture_output=True, text=True, check=True, env=self.env
@@ -177,6 +178,7 @@ class Stack:
             "credentials": credentials,
             "sites": sites or [],
             "checkpoints": checkpoints or [],
+            "permissions": permissions,
         }
         self.keys[name] = key_match.group(0)
         return key_match.group(0)
@@ -191,8 +193,10 @@ class Stack:
                 f"credentials = {_toml_list(client['credentials'])}",
                 f"sites = {_toml_list(client['sites'])}",
                 f"checkpoints = {_toml_list(client['checkpoints'])}",
-                "",
             ]
+            if client["permissions"] is not None:
+                lines.append(f"permissions = {_toml_list(client['permissions'])}")
+            lines.append("")
         for name, idp_name in self.credentials.items():
             idp = self.idps[idp_name]
             lines += [

@@ -29,10 +29,11 @@ ACCOUNTS = [
     "pw-sync",
     "pw-async",
     "example",
+    "mcp-agent",
 ]
 
 #: Credentials on the "main" IdP (the key "w" may use all but "secret").
-MAIN_CREDENTIALS = ["api", "reauth", "agent", "scrapy", "retry", "secret"]
+MAIN_CREDENTIALS = ["api", "reauth", "agent", "scrapy", "retry", "secret", "mcp", "mcp-reauth"]
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -103,6 +104,13 @@ def stack(
         allowed = [c for c in MAIN_CREDENTIALS if c != "secret"] + ["storm", "flaky"]
         s.add_client("w", allowed, sites=["portal"], checkpoints=["shared-task"])
         s.add_client("other", ["secret"])
+        # An agent's key: the proxy, sessions and its checkpoints, but never a token.
+        s.add_client(
+            "agent",
+            ["mcp", "mcp-reauth"],
+            sites=["portal"],
+            permissions=["proxy", "sessions", "checkpoints"],
+        )
         s.start()
         for account in ACCOUNTS:
             s.import_session("portal", account, session_state(pages.origin, f"sid-{account}"))

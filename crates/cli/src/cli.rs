@@ -79,6 +79,10 @@ pub enum Command {
     /// Browser sessions: list, import/export storage states, log in, lease, release, retire.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Serve the MCP tools for agents on stdio (call APIs through the injecting proxy, browser
+    /// session leases, checkpoints) against the broker at AUTHKEEPER_URL with
+    /// AUTHKEEPER_API_KEY.
+    Mcp(McpArgs),
     /// Tools for testing authkeeper itself.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -209,6 +213,18 @@ pub struct ServeArgs {
     /// Listen address, overriding `[server] listen` (HOST:PORT or unix:/path/broker.sock).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<authkeeper_server::Listen>,
+}
+
+/// `authkeeper mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// The broker (default: AUTHKEEPER_URL).
+    #[arg(long)]
+    pub url: Option<url::Url>,
+    /// The checkpoint task of tool calls that name none (default: the task of
+    /// AUTHKEEPER_CHECKPOINT_URL).
+    #[arg(long)]
+    pub task: Option<String>,
 }
 
 /// `authkeeper keys`.

@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("POST", "/mcp"),
 ];
 
 /// The client name of a request, reported to the logging layer through response extensions.
@@ -51,8 +52,42 @@ struct ClientName(std::sync::Arc<str>);
 #[derive(Debug, Clone)]
 struct RouteTemplate(String);
 
-/// Builds the broker's router over `state`.
+/// Builds the broker's router over `state`: the API, the proxy, the probes, and `/mcp` (MCP's
+/// streamable HTTP for agents, whose tools call the other routes in process with the key of
+/// each MCP request).
 pub fn router(state: AppState) -> Router {
+    let routes = routes(&state);
+    let inner = finish(routes.clone(), state.clone());
+    let mcp = Router::new()
+        .nest_service("/mcp", crate::mcp::service(inner, mcp_hosts(&state)))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    finish(routes.merge(mcp), state)
+}
+
+/// The `Host` values `/mcp` accepts (DNS-rebinding protection): loopback names, the listen
+/// address, and the host of `[server] public_url`.
+fn mcp_hosts(state: &AppState) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let crate::config::Listen::Tcp(addr) = &state.config().listen {
+        hosts.push(addr.ip().to_string());
+    }
+    if let Some(host) = state
+        .config()
+        .public_url
+        .as_ref()
+        .and_then(|u| u.host_str())
+    {
+        hosts.push(host.to_owned());
+    }
+    hosts
+}
+
+/// Every route except `/mcp`, authenticated where needed, tagged with its template.
+fn routes(state: &AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/v1/credentials", get(api::list))
         .route("/v1/credentials/{name}", get(api::status))
@@ -92,6 +127,11 @@ pub fn router(state: AppState) -> Router {
     public
         .merge(protected)
         .route_layer(middleware::from_fn(tag_route))
+}
+
+/// The problem+json fallbacks, request logging and the state.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

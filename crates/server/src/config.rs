@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// `HTTP_PROXY`). Nothing else of ours that is secret reaches a child.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// The broker's public address (re-login links, PKCE redirects; its host is accepted by
+    /// `/mcp`).
+    #[serde(default)]
+    pub public_url: Option<url::Url>,
     /// How long shutdown waits for in-flight requests before closing connections (default 10s).
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             request_timeout: defaults::request_timeout(),
             metrics_auth: defaults::metrics_auth(),
             pass_env: Vec::new(),
+            public_url: None,
             shutdown_grace: defaults::shutdown_grace(),
         }
     }

@@ -8,6 +8,7 @@ mod import;
 mod keys;
 pub mod login;
 pub mod logout;
+mod mcp;
 #[cfg(feature = "demo")]
 mod mock_idp;
 mod rekey;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(args) => login::run(&cli.global, args).await,
         Command::Logout(args) => logout::run(&cli.global, args).await,
         Command::Sessions(command) => sessions::run(&cli.global, command).await,
+        Command::Mcp(args) => mcp::run(args).await,
         Command::Debug(command) => debug::run(&cli.global, command).await,
     }
 }
