@@ -23,7 +23,7 @@ import { inspect } from "node:util";
 import { Client } from "./client.js";
 import { cookieHeader } from "./cookies.js";
 import { AuthkeeperError, LeaseLost, LeaseOutcome, UnknownLease, type Outcome } from "./errors.js";
-import { contextOptions, type BrowserContextLike, type BrowserLike } from "./playwright.js";
+import { contextOptions, type BrowserContextLike, type BrowserLike, captureState, mergeSessionStorage, readPages, restoreSessionStorage, sessionStorageByOrigin } from "./playwright.js";
 
 /** A cookie of a Playwright storage state. */
 export interface StorageStateCookie {
@@ -38,10 +38,18 @@ export interface StorageStateCookie {
   sameSite: "Strict" | "Lax" | "None";
 }
 
-/** A Playwright `storageState`. */
+/** One origin of a storage state: localStorage, authkeeper's sessionStorage, Playwright's indexedDB. */
+export interface StorageStateOrigin {
+  origin: string;
+  localStorage: { name: string; value: string }[];
+  sessionStorage?: { name: string; value: string }[];
+  [key: string]: unknown;
+}
+
+/** A Playwright `storageState` (with authkeeper's `sessionStorage` per origin). */
 export interface StorageState {
   cookies: StorageStateCookie[];
-  origins: { origin: string; localStorage: { name: string; value: string }[] }[];
+  origins: StorageStateOrigin[];
   [key: string]: unknown;
 }
 
@@ -170,6 +178,10 @@ export class Lease {
       ...contextOptions(this.#storageState, this.proxy, this.identity),
       ...options,
     });
+    const byOrigin = sessionStorageByOrigin(this.#storageState);
+    if (Object.keys(byOrigin).length > 0 && context.addInitScript) {
+      await context.addInitScript(restoreSessionStorage, byOrigin);
+    }
     this.#contexts.push(context);
     return context;
   }
@@ -260,7 +272,8 @@ export class Lease {
     let captured: StorageState | undefined;
     for (const context of this.#contexts) {
       try {
-        captured = (await context.storageState()) as StorageState;
+        const state = (await captureState(context)) as StorageState;
+        captured = mergeSessionStorage(state, await readPages(context), this.#storageState);
       } catch (error) {
         warn(`could not capture a context's storage state: ${errorName(error)}`);
       }

@@ -14,7 +14,7 @@ import { chromium } from "playwright-core";
 
 import * as ak from "../dist/index.js";
 import { startPages } from "./helpers/pages.mjs";
-import { CHROMIUM_ARGS, standardStack } from "./helpers/stack.mjs";
+import { CHROMIUM_ARGS, sessionState, standardStack } from "./helpers/stack.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const packageDir = resolve(here, "..");
@@ -54,6 +54,52 @@ test("newContext carries the session, and its new state goes back", async () => 
   await ak.withLease("portal", (lease) => {
     assert.deepEqual(cookies(lease.storageState), { sid: "sid-pw", visits: "1" });
   }, { account: "pw", client });
+});
+
+test("sessionStorage and IndexedDB go round trip through a lease", async () => {
+  const state = sessionState(pages.origin, "sid-pw-storage");
+  state.origins[0].sessionStorage = [{ name: "tab", value: "tab-1" }];
+  state.origins[0].indexedDB = [
+    { name: "app", version: 1, stores: [{ name: "kv", autoIncrement: false, records: [{ key: "token", value: "idb-1" }], indexes: [] }] },
+  ];
+  stack.importSession("portal", "pw-storage", state);
+  const read = async () => {
+    const db = await new Promise((resolve, reject) => {
+      const open = indexedDB.open("app");
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => reject(open.error);
+    });
+    const token = await new Promise((resolve) => {
+      const get = db.transaction("kv").objectStore("kv").get("token");
+      get.onsuccess = () => resolve(get.result);
+    });
+    db.close();
+    return [sessionStorage.getItem("tab"), token];
+  };
+  const write = async () => {
+    sessionStorage.setItem("tab", "tab-2");
+    const db = await new Promise((resolve) => {
+      const open = indexedDB.open("app");
+      open.onsuccess = () => resolve(open.result);
+    });
+    await new Promise((resolve) => {
+      const tx = db.transaction("kv", "readwrite");
+      tx.objectStore("kv").put("idb-2", "token");
+      tx.oncomplete = resolve;
+    });
+    db.close();
+  };
+  await ak.withLease("portal", async (lease) => {
+    const page = await (await lease.newContext(browser)).newPage();
+    await page.goto(pages.origin + "/page");
+    assert.deepEqual(await page.evaluate(read), ["tab-1", "idb-1"]);
+    await page.evaluate(write);
+  }, { account: "pw-storage", client });
+  await ak.withLease("portal", async (lease) => {
+    const page = await (await lease.newContext(browser)).newPage();
+    await page.goto(pages.origin + "/page");
+    assert.deepEqual(await page.evaluate(read), ["tab-2", "idb-2"]);
+  }, { account: "pw-storage", client });
 });
 
 test("an identity becomes user agent, locale, timezone, viewport and headers", async () => {

@@ -30,6 +30,7 @@ ACCOUNTS = [
     "pw-async",
     "example",
     "mcp-agent",
+    "pw-storage",
 ]
 
 #: Credentials on the "main" IdP (the key "w" may use all but "secret").

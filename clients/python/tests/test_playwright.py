@@ -12,8 +12,9 @@ import pytest
 
 import authkeeper
 from _pages import PageServer
+from _stack import Stack
 from authkeeper.lease import Lease
-from conftest import CHROMIUM_ARGS
+from conftest import CHROMIUM_ARGS, session_state
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 playwright_async = pytest.importorskip("playwright.async_api")
@@ -114,5 +115,69 @@ def test_identity_becomes_context_options(
                 lease.new_context(browser, locale="fr-FR").new_page().evaluate("navigator.language")
                 == "fr-FR"
             )
+        finally:
+            browser.close()
+
+
+def test_session_storage_and_indexed_db_go_round_trip(
+    stack: Stack, client: authkeeper.Client, pages: PageServer, chromium: str
+) -> None:
+    state = session_state(pages.origin, "sid-pw-storage")
+    origin = state["origins"][0]
+    origin["sessionStorage"] = [{"name": "tab", "value": "tab-1"}]
+    origin["indexedDB"] = [
+        {
+            "name": "app",
+            "version": 1,
+            "stores": [
+                {
+                    "name": "kv",
+                    "autoIncrement": False,
+                    "records": [{"key": "token", "value": "idb-1"}],
+                    "indexes": [],
+                }
+            ],
+        }
+    ]
+    stack.import_session("portal", "pw-storage", state)
+    read = """async () => {
+        const db = await new Promise((resolve, reject) => {
+            const open = indexedDB.open('app');
+            open.onsuccess = () => resolve(open.result);
+            open.onerror = () => reject(open.error);
+        });
+        const token = await new Promise((resolve) => {
+            const get = db.transaction('kv').objectStore('kv').get('token');
+            get.onsuccess = () => resolve(get.result);
+        });
+        db.close();
+        return [sessionStorage.getItem('tab'), token];
+    }"""
+    write = """async () => {
+        sessionStorage.setItem('tab', 'tab-2');
+        const db = await new Promise((resolve) => {
+            const open = indexedDB.open('app');
+            open.onsuccess = () => resolve(open.result);
+        });
+        await new Promise((resolve) => {
+            const tx = db.transaction('kv', 'readwrite');
+            tx.objectStore('kv').put('idb-2', 'token');
+            tx.oncomplete = resolve;
+        });
+        db.close();
+    }"""
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            with client.lease("portal", account="pw-storage") as lease:
+                page = lease.new_context(browser).new_page()
+                page.goto(pages.origin + "/page")
+                assert page.evaluate(read) == ["tab-1", "idb-1"]
+                page.evaluate(write)
+            # The next worker's browser sees what this one left.
+            with client.lease("portal", account="pw-storage") as lease:
+                page = lease.new_context(browser).new_page()
+                page.goto(pages.origin + "/page")
+                assert page.evaluate(read) == ["tab-2", "idb-2"]
         finally:
             browser.close()

@@ -6,6 +6,7 @@ mod broker_oidc;
 mod commands;
 mod cross_process;
 mod demo;
+mod egress;
 mod exec;
 mod login;
 mod oidc_smoke;

@@ -38,6 +38,7 @@ fn keeper(runtime: &tokio::runtime::Runtime) -> Keeper {
             audience: None,
             extra_params: Vec::new(),
             timeout: Duration::from_secs(5),
+            proxy: None,
         },
         grant: GrantKind::RefreshToken,
         policy: RefreshPolicy::default(),

@@ -43,6 +43,11 @@ pub struct CredentialConfig {
     /// Extra token-request parameters (e.g. `resource`).
     #[serde(default)]
     pub extra_params: BTreeMap<String, String>,
+    /// The forward proxy all of this credential's traffic goes through (token requests, logins,
+    /// the broker's injecting proxy): `env:NAME`, `file:PATH` or (tests only) inline
+    /// `http://user:pass@host:port`, `https://`, `socks5://`, `socks5h://`.
+    #[serde(default)]
+    pub proxy: Option<SecretRef>,
     /// Base URL of the API this credential is for (used by the broker's proxy).
     #[serde(default)]
     pub upstream: Option<Url>,
@@ -297,6 +302,23 @@ impl CredentialConfig {
         }
     }
 
+    /// The egress proxy, resolved and checked.
+    pub fn egress(&self, name: &str) -> Result<Option<crate::egress::ProxyUrl>, ConfigError> {
+        let Some(reference) = &self.proxy else {
+            return Ok(None);
+        };
+        let url = reference.resolve().map_err(|source| ConfigError::Invalid {
+            name: name.to_owned(),
+            message: format!("proxy: {source}"),
+        })?;
+        crate::egress::ProxyUrl::parse(secrecy::ExposeSecret::expose_secret(&url))
+            .map(Some)
+            .map_err(|error| ConfigError::Invalid {
+                name: name.to_owned(),
+                message: format!("proxy: {error}"),
+            })
+    }
+
     /// Validates the table ([`CredentialConfig::validate`]) and resolves its secret.
     pub fn resolve(&self, name: &str) -> Result<CredentialSettings, ConfigError> {
         self.validate(name)?;
@@ -329,6 +351,7 @@ impl CredentialConfig {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 timeout: self.timeout,
+                proxy: self.egress(name)?,
             },
             grant: self.grant,
             policy,

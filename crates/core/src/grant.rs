@@ -76,6 +76,8 @@ pub struct OAuthClientConfig {
     pub extra_params: Vec<(String, String)>,
     /// Timeout of one token request.
     pub timeout: Duration,
+    /// The forward proxy every request of this credential goes through (none: direct).
+    pub proxy: Option<crate::egress::ProxyUrl>,
 }
 
 impl fmt::Debug for OAuthClientConfig {
@@ -90,6 +92,7 @@ impl fmt::Debug for OAuthClientConfig {
             .field("auth", &self.auth)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
+            .field("proxy", &self.proxy)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -146,8 +149,14 @@ impl OAuthClient {
 
     /// A key grouping credentials that share a token endpoint (for circuit breaking).
     pub fn endpoint_key(&self) -> String {
-        match &self.config.endpoint {
-            Endpoint::TokenUrl(url) | Endpoint::Issuer(url) => url.as_str().to_owned(),
+        let endpoint = match &self.config.endpoint {
+            Endpoint::TokenUrl(url) | Endpoint::Issuer(url) => url.as_str(),
+        };
+        // One breaker per endpoint and egress: a dead proxy must not open the circuit of the
+        // credentials that reach the endpoint another way.
+        match &self.config.proxy {
+            Some(proxy) => format!("{endpoint} via {}", proxy.redacted()),
+            None => endpoint.to_owned(),
         }
     }
 

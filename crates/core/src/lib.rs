@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod grant;

@@ -35,6 +35,7 @@ fn settings(idp: &MockIdp, grant: GrantKind, auth: ClientAuth, secret: &str) -> 
             audience: None,
             extra_params: Vec::new(),
             timeout: Duration::from_secs(5),
+            proxy: None,
         },
         grant,
         policy: RefreshPolicy::default(),

@@ -26,8 +26,35 @@ pub struct LoginCommand {
     /// What it gets of our environment: [`ChildEnv::minimal`] (never the store key or a secret
     /// the configuration references).
     pub child_env: ChildEnv,
-    /// Variables set for it (`AUTHKEEPER_CREDENTIAL`, `AUTHKEEPER_CLIENT_ID`; never secrets).
+    /// Variables set for it ([`login_command_env`]: `AUTHKEEPER_CREDENTIAL`,
+    /// `AUTHKEEPER_CLIENT_ID`, and the egress proxy variables; never shown by `Debug`).
     pub env: Vec<(String, String)>,
+}
+
+/// What a credential's login command gets: `AUTHKEEPER_CREDENTIAL`, `AUTHKEEPER_CLIENT_ID`, and
+/// when the credential has an egress `proxy`, `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` (and
+/// their lower-case forms) so the login goes out the way its refreshes do.
+pub fn login_command_env(
+    name: &str,
+    config: &authkeeper_core::config::CredentialConfig,
+) -> Result<Vec<(String, String)>, authkeeper_core::config::ConfigError> {
+    let mut env = vec![
+        ("AUTHKEEPER_CREDENTIAL".to_owned(), name.to_owned()),
+        ("AUTHKEEPER_CLIENT_ID".to_owned(), config.client_id.clone()),
+    ];
+    if let Some(proxy) = config.egress(name)? {
+        for variable in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "ALL_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "all_proxy",
+        ] {
+            env.push((variable.to_owned(), proxy.expose_url().to_owned()));
+        }
+    }
+    Ok(env)
 }
 
 impl fmt::Debug for LoginCommand {

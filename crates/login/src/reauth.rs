@@ -82,10 +82,7 @@ impl ReauthPlan {
                         command: command.clone(),
                         timeout: login.timeout_for(LoginMethod::Command),
                         child_env: child_env.clone(),
-                        env: vec![
-                            ("AUTHKEEPER_CREDENTIAL".to_owned(), name.to_owned()),
-                            ("AUTHKEEPER_CLIENT_ID".to_owned(), config.client_id.clone()),
-                        ],
+                        env: crate::command::login_command_env(name, config)?,
                     })
                 }
                 (method, _) => ReauthMethod::Interactive(method),

@@ -53,6 +53,7 @@ async fn harness_with(knobs: Knobs, issuer: bool) -> Harness {
         audience: None,
         extra_params: vec![],
         timeout: Duration::from_secs(5),
+        proxy: None,
     };
     let http = reqwest::Client::builder()
         .no_proxy()

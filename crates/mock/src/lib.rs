@@ -20,6 +20,8 @@
 //! `clock_offset_ms` knob, so tests expire tokens with a `ManualClock` instead of sleeping.
 //! Token and secret values are never logged.
 //!
+//! [`ForwardProxy`] is a forward HTTP proxy that counts what goes through it, for egress tests.
+//!
 //! [`login_app::LoginApp`] is a separate server: a cookie-session web app with an HTML login
 //! form, CSRF, idle/absolute session timeouts and a refresh endpoint, for browser-session tests.
 
@@ -30,6 +32,7 @@ mod api;
 mod config;
 mod discovery;
 mod error;
+pub mod forward_proxy;
 mod login;
 pub mod login_app;
 mod serve;
@@ -46,6 +49,7 @@ pub use crate::api::ADMIN_SCOPE;
 pub use crate::config::{DeviceOutcome, ErrorStyle, Knobs, MockClient, MockConfig};
 pub use crate::discovery::document as discovery_document;
 pub use crate::error::MockError;
+pub use crate::forward_proxy::{ForwardProxy, ForwardProxyOptions, ProxyStats};
 pub use crate::login_app::{LoginApp, LoginAppConfig, LoginAppStats};
 pub use crate::state::{GrantInfo, IdpState, Stats};
 

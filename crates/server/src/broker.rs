@@ -104,24 +104,22 @@ impl BrokerConfig {
     }
 }
 
-/// The upstreams of every credential with an `upstream` URL.
+/// The upstreams of every credential with an `upstream` URL, with their egress proxies.
 pub fn upstreams_from(
     credentials: &BTreeMap<CredentialName, CredentialConfig>,
-) -> HashMap<String, Upstream> {
-    credentials
-        .iter()
-        .filter_map(|(name, config)| {
-            config.upstream.clone().map(|base| {
-                (
-                    name.to_string(),
-                    Upstream {
-                        base,
-                        inject: config.inject.clone(),
-                    },
-                )
-            })
-        })
-        .collect()
+) -> Result<HashMap<String, Upstream>, authkeeper_core::config::ConfigError> {
+    let mut upstreams = HashMap::new();
+    for (name, config) in credentials {
+        if let Some(base) = config.upstream.clone() {
+            let upstream = Upstream {
+                base,
+                inject: config.inject.clone(),
+                egress: config.egress(name.as_str())?,
+            };
+            upstreams.insert(name.to_string(), upstream);
+        }
+    }
+    Ok(upstreams)
 }
 
 /// Where the broker listens.

@@ -80,6 +80,8 @@ pub struct Upstream {
     pub base: url::Url,
     /// How the token is presented.
     pub inject: InjectConfig,
+    /// The credential's egress proxy: every request to `base` goes through it.
+    pub egress: Option<authkeeper_core::egress::ProxyUrl>,
 }
 
 /// Why the proxy could not be built. Never contains a secret.
@@ -94,6 +96,10 @@ pub enum ProxyError {
         /// What is wrong.
         reason: String,
     },
+    /// A credential's egress proxy could not be used (the URL is not shown: it may hold a
+    /// password).
+    #[error("cannot use the egress proxy {0}")]
+    Egress(String),
     /// The TLS client configuration could not be built.
     #[error("cannot build the proxy's TLS client: {0}")]
     Tls(#[source] tokio_rustls::rustls::Error),
@@ -114,6 +120,8 @@ struct Inner {
     config: ProxyConfig,
     observer: Option<Arc<dyn ProxyObserver>>,
     client: UpstreamClient,
+    /// The clients of credentials with an egress proxy (through it, never direct).
+    egress: HashMap<String, reqwest::Client>,
 }
 
 /// The reverse proxy. Cheap to clone; safe for concurrent use. Its `Debug` shows no secret.
@@ -157,6 +165,22 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
+        let mut egress = HashMap::new();
+        for (name, upstream) in &upstreams {
+            if let Some(proxy) = &upstream.egress {
+                let through = reqwest::Proxy::all(proxy.expose_url())
+                    .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))?;
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .proxy(through)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(config.timeout)
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .build()
+                    .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))?;
+                egress.insert(name.clone(), client);
+            }
+        }
         Ok(Proxy {
             inner: Arc::new(Inner {
                 keeper,
@@ -164,6 +188,7 @@ impl Proxy {
                 config,
                 observer,
                 client,
+                egress,
             }),
         })
     }
@@ -290,15 +315,19 @@ impl Proxy {
         }
     }
 
-    /// One attempt, bounded by the timeout for the response headers.
+    /// One attempt, bounded by the timeout for the response headers: through the credential's
+    /// egress proxy when it has one, else directly.
     async fn send(
         &self,
         name: &str,
         request: Request<OutgoingBody>,
-    ) -> Result<Response<hyper::body::Incoming>, Problem> {
+    ) -> Result<Response<Body>, Problem> {
         let timeout = self.inner.config.timeout;
+        if let Some(client) = self.inner.egress.get(name) {
+            return self.send_through(name, client, request).await;
+        }
         match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(Body::new)),
             Ok(Err(error)) => {
                 let what = if error.is_connect() {
                     "cannot connect to the upstream"
@@ -310,6 +339,45 @@ impl Proxy {
                     Problem::upstream_unavailable(format!("{what} of `{name}`: {error}"))
                         .with_credential(name),
                 )
+            }
+            Err(_elapsed) => Err(Problem::upstream_timeout(format!(
+                "the upstream of `{name}` did not answer within {timeout:?}"
+            ))
+            .with_credential(name)),
+        }
+    }
+}
+
+impl Proxy {
+    /// One attempt through an egress proxy. A proxy that is down fails the request
+    /// (`upstream-unavailable`): never a direct connection instead.
+    async fn send_through(
+        &self,
+        name: &str,
+        client: &reqwest::Client,
+        request: Request<OutgoingBody>,
+    ) -> Result<Response<Body>, Problem> {
+        let timeout = self.inner.config.timeout;
+        let (parts, body) = request.into_parts();
+        let stream = http_body_util::BodyDataStream::new(body);
+        let outgoing = client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(reqwest::Body::wrap_stream(stream));
+        match tokio::time::timeout(timeout, outgoing.send()).await {
+            Ok(Ok(response)) => {
+                let response: http::Response<reqwest::Body> = response.into();
+                Ok(response.map(Body::new))
+            }
+            Ok(Err(error)) => {
+                let what = if error.is_connect() {
+                    "cannot connect through the egress proxy to the upstream"
+                } else {
+                    "the upstream exchange through the egress proxy failed"
+                };
+                tracing::debug!(credential = %name, error = %error.without_url(), "{what}");
+                Err(Problem::upstream_unavailable(format!("{what} of `{name}`"))
+                    .with_credential(name))
             }
             Err(_elapsed) => Err(Problem::upstream_timeout(format!(
                 "the upstream of `{name}` did not answer within {timeout:?}"
@@ -378,11 +446,7 @@ fn build_request(
 
 /// The caller's response: the upstream's status, headers (hop-by-hop removed, `Location`
 /// rewritten) and streaming body.
-fn respond(
-    route: &Route,
-    target: &Target,
-    response: Response<hyper::body::Incoming>,
-) -> Response<Body> {
+fn respond(route: &Route, target: &Target, response: Response<Body>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(location) = parts.headers.get(LOCATION)
@@ -397,7 +461,7 @@ fn respond(
             }
         }
     }
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }
 
 /// The problem for a Keeper failure, as the rest of the broker maps it.

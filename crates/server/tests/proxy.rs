@@ -62,6 +62,7 @@ fn settings(idp: &MockIdp) -> CredentialSettings {
             audience: None,
             extra_params: Vec::new(),
             timeout: Duration::from_secs(5),
+            proxy: None,
         },
         grant: GrantKind::RefreshToken,
         policy: RefreshPolicy::default(),
@@ -123,6 +124,7 @@ impl Env {
 
 fn upstream(base: &str) -> Upstream {
     Upstream {
+        egress: None,
         base: base.parse().expect("url"),
         inject: InjectConfig::default(),
     }
@@ -644,6 +646,7 @@ async fn headers_are_cleaned_and_the_credential_injected_three_ways() {
             (
                 "keyed",
                 Upstream {
+                    egress: None,
                     base: echo_url.parse().expect("url"),
                     inject: InjectConfig {
                         header: Some("X-API-Key".into()),
@@ -654,6 +657,7 @@ async fn headers_are_cleaned_and_the_credential_injected_three_ways() {
             (
                 "query",
                 Upstream {
+                    egress: None,
                     base: echo_url.parse().expect("url"),
                     inject: InjectConfig {
                         query: Some("api_key".into()),

@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let login_config = site.login.clone().ok_or("no login")?;
     let login = RecipeLogin::new(login_config)?;
     let request = LoginRequest {
+        identity: None,
         site_name: "portal",
         site: &site,
         account: &site.accounts[0],

@@ -73,6 +73,9 @@ pub struct LaunchOptions {
     /// What the browser gets of our environment ([`ChildEnv::minimal`]: never the store key or a
     /// secret the configuration references).
     pub child_env: ChildEnv,
+    /// The session's identity, applied to every page ([`Chromium::new_page`]); none: Chromium's
+    /// own, except that a headless Chromium does not say `HeadlessChrome` in its user agent.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 impl Default for LaunchOptions {
@@ -84,6 +87,7 @@ impl Default for LaunchOptions {
             launch_timeout: Duration::from_secs(20),
             extra_args: Vec::new(),
             child_env: ChildEnv::default(),
+            identity: None,
         }
     }
 }
@@ -97,6 +101,7 @@ impl fmt::Debug for LaunchOptions {
             .field("launch_timeout", &self.launch_timeout)
             .field("extra_args", &self.extra_args)
             .field("child_env", &self.child_env)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -107,6 +112,7 @@ pub struct Chromium {
     handler: JoinHandle<()>,
     process: ChromiumProcess,
     proxy_credentials: Option<(Zeroizing<String>, Zeroizing<String>)>,
+    identity: Option<crate::identity::Identity>,
 }
 
 impl fmt::Debug for Chromium {
@@ -258,6 +264,7 @@ impl Chromium {
             handler,
             process,
             proxy_credentials: proxy.and_then(|proxy| proxy.credentials),
+            identity: options.identity.clone(),
         })
     }
 
@@ -287,7 +294,60 @@ impl Chromium {
                 LoginError::Browser(format!("cannot enable proxy authentication: {error}"))
             })?;
         }
+        self.emulate(&page).await?;
         Ok(page)
+    }
+
+    /// Applies the session's identity to `page` (user agent, `Accept-Language`, platform,
+    /// locale, time zone, window size) before its first navigation.
+    async fn emulate(&self, page: &Page) -> Result<(), LoginError> {
+        use chromiumoxide::cdp::browser_protocol::emulation::{
+            SetDeviceMetricsOverrideParams, SetLocaleOverrideParams, SetTimezoneOverrideParams,
+            SetUserAgentOverrideParams,
+        };
+        let failed = |what: &str, error: chromiumoxide::error::CdpError| {
+            LoginError::Browser(format!("cannot set the {what}: {error}"))
+        };
+        let identity = self.identity.as_ref();
+        let user_agent = match identity.and_then(|i| i.user_agent.clone()) {
+            Some(user_agent) => user_agent,
+            None => self
+                .browser
+                .user_agent()
+                .await
+                .map_err(|e| failed("user agent", e))?
+                .replace("HeadlessChrome", "Chrome"),
+        };
+        let mut agent = SetUserAgentOverrideParams::new(user_agent);
+        if let Some(identity) = identity {
+            agent.accept_language = Some(identity.accept_language());
+            agent.platform = identity.platform.clone();
+        }
+        page.execute(agent)
+            .await
+            .map_err(|e| failed("user agent", e))?;
+        let Some(identity) = identity else {
+            return Ok(());
+        };
+        page.execute(
+            SetLocaleOverrideParams::builder()
+                .locale(identity.locale.replace('-', "_"))
+                .build(),
+        )
+        .await
+        .map_err(|e| failed("locale", e))?;
+        page.execute(SetTimezoneOverrideParams::new(identity.timezone_id.clone()))
+            .await
+            .map_err(|e| failed("time zone", e))?;
+        page.execute(SetDeviceMetricsOverrideParams::new(
+            i64::from(identity.viewport.width),
+            i64::from(identity.viewport.height),
+            1.0,
+            false,
+        ))
+        .await
+        .map_err(|e| failed("window size", e))?;
+        Ok(())
     }
 
     /// The CDP connection (browser-level commands such as `Storage.getCookies`).

@@ -51,6 +51,10 @@ pub struct SiteConfig {
     /// Pool policy: usage, error score, age, leases.
     #[serde(default)]
     pub pool: PoolPolicy,
+    /// What sessions look like: user agents, locales, time zones, window sizes to give new
+    /// sessions (one identity per session, for its whole life).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityProfiles,
 }
 
 impl SiteConfig {
@@ -82,6 +86,9 @@ pub struct AccountConfig {
     /// and always handed out with. A secret: never logged.
     #[serde(default)]
     pub proxy: Option<SecretRef>,
+    /// The account's own identity settings (override the site's picks).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityOverride,
 }
 
 /// How sessions of a site are created: a recipe in headless Chromium or an external command.

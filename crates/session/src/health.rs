@@ -15,6 +15,7 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use crate::config::SiteConfig;
+use crate::identity::Identity;
 use crate::jar::{MergeSummary, cookie_header, merge_set_cookie};
 use crate::storage_state::StorageState;
 
@@ -137,6 +138,7 @@ pub async fn probe(
     client: &reqwest::Client,
     site: &SiteConfig,
     state: &StorageState,
+    identity: Option<&Identity>,
     now: Timestamp,
 ) -> ProbeResult {
     let mut result = ProbeResult {
@@ -156,7 +158,12 @@ pub async fn probe(
             return result;
         }
     };
-    let request = match with_cookies(client.get(url.clone()), state, &url, now) {
+    let request = match with_cookies(
+        with_identity(client.get(url.clone()), identity),
+        state,
+        &url,
+        now,
+    ) {
         Ok(request) => request.timeout(config.timeout),
         Err(err) => {
             result.outcome = ProbeOutcome::Error(err.to_string());
@@ -249,6 +256,7 @@ pub async fn cookie_refresh(
     client: &reqwest::Client,
     site: &SiteConfig,
     state: &StorageState,
+    identity: Option<&Identity>,
     now: Timestamp,
 ) -> Result<StorageState, HealthError> {
     let config = site
@@ -270,8 +278,13 @@ pub async fn cookie_refresh(
         HealthError::InvalidConfig("the refresh origin is not a valid header value".to_owned())
     })?;
     let has_body = !matches!(method, Method::GET | Method::HEAD);
-    let mut request =
-        with_cookies(client.request(method, url.clone()), state, &url, now)?.header(ORIGIN, origin);
+    // As the site's own page would send it: fetch() from the origin, same-origin.
+    let request = with_identity(client.request(method, url.clone()), identity)
+        .header(ORIGIN, origin)
+        .header("sec-fetch-site", "same-origin")
+        .header("sec-fetch-mode", "cors")
+        .header("sec-fetch-dest", "empty");
+    let mut request = with_cookies(request, state, &url, now)?;
     if has_body {
         // An explicit empty body, so that a `Content-Length: 0` is sent.
         request = request.body(Vec::<u8>::new());
@@ -295,6 +308,21 @@ pub async fn cookie_refresh(
         status: status.as_u16(),
         retry_after: retry_after(&response, now),
     })
+}
+
+/// Adds the session identity's `User-Agent` and `Accept-Language`.
+pub(crate) fn with_identity(
+    request: reqwest::RequestBuilder,
+    identity: Option<&Identity>,
+) -> reqwest::RequestBuilder {
+    let Some(identity) = identity else {
+        return request;
+    };
+    let request = request.header(reqwest::header::ACCEPT_LANGUAGE, identity.accept_language());
+    match &identity.user_agent {
+        Some(user_agent) => request.header(reqwest::header::USER_AGENT, user_agent),
+        None => request,
+    }
 }
 
 /// Adds the `Cookie` header for `url`.

@@ -18,6 +18,7 @@ pub mod browser;
 pub mod config;
 pub mod cookies_txt;
 pub mod health;
+pub mod identity;
 pub mod jar;
 pub mod login;
 pub mod model;

@@ -11,8 +11,9 @@
 //!
 //! The login command gets these environment variables (on top of the broker's own):
 //! `AUTHKEEPER_SITE`, `AUTHKEEPER_ORIGIN`, `AUTHKEEPER_ACCOUNT`, and when configured
-//! `AUTHKEEPER_USERNAME`, `AUTHKEEPER_PASSWORD` and `AUTHKEEPER_PROXY` (the account's proxy
-//! identity, resolved). It runs in its own process group with stdin closed; on timeout (the
+//! `AUTHKEEPER_USERNAME`, `AUTHKEEPER_PASSWORD`, `AUTHKEEPER_PROXY` (the account's proxy
+//! identity, resolved) and `AUTHKEEPER_IDENTITY` (the session's identity as Playwright
+//! `newContext` options, JSON). It runs in its own process group with stdin closed; on timeout (the
 //! login's `timeout`) the whole group is killed and reaped. Its stdout is read up to 16 MiB;
 //! the last 2 KiB of its stderr are quoted in the error when it fails.
 
@@ -43,6 +44,8 @@ pub struct LoginRequest<'a> {
     pub site: &'a SiteConfig,
     /// The account to log in as (its secrets are resolved by the login, not before).
     pub account: &'a AccountConfig,
+    /// The session's identity (user agent, locale, time zone, window size), if it has one.
+    pub identity: Option<&'a crate::identity::Identity>,
 }
 
 /// Creates a logged-in storage state for one site and account.
@@ -291,6 +294,7 @@ impl SessionLogin for RecipeLogin {
     async fn login(&self, request: &LoginRequest<'_>) -> Result<StorageState, LoginError> {
         let mut launch = self.launch.clone();
         launch.proxy = resolve_proxy(request.account)?;
+        launch.identity = request.identity.cloned();
         crate::recipe::run_recipe(request.site, request.account, &self.login, &launch).await
     }
 }
@@ -365,6 +369,11 @@ impl SessionLogin for CommandLogin {
         }
         if let Some(proxy) = resolve_proxy(account)? {
             env.push(("AUTHKEEPER_PROXY", proxy));
+        }
+        if let Some(identity) = request.identity {
+            // The command applies it (a Playwright context: `JSON.parse` of this variable).
+            let options = identity.context_options().to_string();
+            env.push(("AUTHKEEPER_IDENTITY", Zeroizing::new(options)));
         }
         let output = run_command(&self.command, &self.child_env, &env, self.timeout).await?;
         parse_state(&output)

@@ -61,6 +61,10 @@ pub struct Session {
     /// the site keeps seeing one identity.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// What the session looks like to the site (user agent, locale, time zone, window size),
+    /// fixed when it is created.
+    #[serde(default)]
+    pub identity: Option<crate::identity::Identity>,
     /// Cookies and localStorage.
     pub storage_state: StorageState,
     /// Lifecycle state.
@@ -160,6 +164,10 @@ pub struct SessionLease {
     /// The proxy identity the session must be used with (resolved URL), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// The session's identity as Playwright `newContext` options (`userAgent`, `locale`,
+    /// `timezoneId`, `viewport`, `extraHTTPHeaders`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<serde_json::Value>,
     /// Cookies and localStorage to load into the browser (or to compute a `Cookie` header from).
     pub storage_state: StorageState,
     /// When the lease ends unless renewed (RFC 3339 in JSON).

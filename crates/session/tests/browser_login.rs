@@ -58,11 +58,100 @@ mod browser {
             .unwrap()
             .with_launch_options(launch_options(root));
         let request = LoginRequest {
+            identity: None,
             site_name: "portal",
             site,
             account: &site.accounts[0],
         };
         login.login(&request).await
+    }
+
+    /// The session's identity is what the login's page sees, and the recipe captures
+    /// sessionStorage and IndexedDB besides cookies and localStorage; a fresh browser restores
+    /// all of it (`load_state_and_check_with`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_identity_is_applied_and_every_kind_of_storage_is_captured() {
+        let app = start_app().await;
+        let root = authkeeper_testkit::temp_dir();
+        let mut steps = login_steps();
+        steps.as_array_mut().unwrap().push(json!({ "evaluate": r#"(async () => {
+            localStorage.setItem('seen', JSON.stringify({
+                ua: navigator.userAgent, lang: navigator.language, platform: navigator.platform,
+                tz: Intl.DateTimeFormat().resolvedOptions().timeZone, w: innerWidth, h: innerHeight }));
+            sessionStorage.setItem('tab', 'tab-42');
+            await new Promise((resolve, reject) => {
+                const open = indexedDB.open('app', 1);
+                open.onupgradeneeded = () => open.result.createObjectStore('kv');
+                open.onsuccess = () => {
+                    const tx = open.result.transaction('kv', 'readwrite');
+                    tx.objectStore('kv').put({ refresh: 'idb-value' }, 'auth');
+                    tx.oncomplete = () => { open.result.close(); resolve(); };
+                    tx.onerror = () => reject(tx.error);
+                };
+                open.onerror = () => reject(open.error);
+            });
+        })()"# }));
+        let site = site(app.base_url(), steps, "10s", "pw");
+        let identity = authkeeper_session::identity::Identity {
+            user_agent: Some("Mozilla/5.0 (authkeeper-test) Chrome/130.0".into()),
+            locale: "de-DE".into(),
+            timezone_id: "Asia/Tokyo".into(),
+            viewport: authkeeper_session::identity::Viewport {
+                width: 801,
+                height: 601,
+            },
+            platform: Some("Win32".into()),
+        };
+        let login = RecipeLogin::new(site.login.clone().unwrap())
+            .unwrap()
+            .with_launch_options(launch_options(root.path()));
+        let request = LoginRequest {
+            identity: Some(&identity),
+            site_name: "portal",
+            site: &site,
+            account: &site.accounts[0],
+        };
+        let state = login.login(&request).await.unwrap();
+        assert_no_orphan(root.path());
+        let origin = state
+            .origins
+            .iter()
+            .find(|o| o.origin == app.base_url())
+            .expect("the site's origin");
+        let seen = origin
+            .local_storage
+            .iter()
+            .find(|e| e.name == "seen")
+            .expect("what the page saw");
+        let seen: serde_json::Value = serde_json::from_str(&seen.value).unwrap();
+        assert_eq!(seen["ua"], "Mozilla/5.0 (authkeeper-test) Chrome/130.0");
+        assert_eq!(seen["lang"], "de-DE");
+        assert_eq!(seen["platform"], "Win32");
+        assert_eq!(seen["tz"], "Asia/Tokyo");
+        assert_eq!(
+            (seen["w"].as_u64(), seen["h"].as_u64()),
+            (Some(801), Some(601))
+        );
+        assert_eq!(origin.session_storage.len(), 1);
+        assert_eq!(origin.session_storage[0].name, "tab");
+        let idb: serde_json::Value =
+            serde_json::from_str(&origin.indexed_db_json().expect("IndexedDB captured")).unwrap();
+        assert_eq!(idb[0]["name"], "app");
+        assert_eq!(idb[0]["stores"][0]["records"][0]["key"], "auth");
+        assert_eq!(
+            idb[0]["stores"][0]["records"][0]["value"]["refresh"],
+            "idb-value"
+        );
+
+        // A fresh browser restores all of it: the page reads it back.
+        let home = url::Url::parse(&app.home_url()).unwrap();
+        let mut restored = state.clone();
+        restored.origins.retain(|o| o.origin == app.base_url());
+        let seen_back =
+            load_state_and_check_with(&launch_options(root.path()), &restored, &home, "#welcome")
+                .await
+                .unwrap();
+        assert!(seen_back.is_some(), "logged in after the restore");
     }
 
     /// No Chromium process names a profile under `root`, and every profile was removed.
@@ -229,6 +318,7 @@ mod browser {
                 ..launch_options(root.path())
             });
         let request = LoginRequest {
+            identity: None,
             site_name: "portal",
             site: &site,
             account: &site.accounts[0],
@@ -264,6 +354,7 @@ mod browser {
                 ..LaunchOptions::default()
             });
         let request = LoginRequest {
+            identity: None,
             site_name: "portal",
             site: &site,
             account: &site.accounts[0],
@@ -417,6 +508,7 @@ async fn command_login(site: &SiteConfig) -> Result<authkeeper_session::StorageS
         .unwrap()
         .expect("a login");
     let request = LoginRequest {
+        identity: None,
         site_name: "portal",
         site,
         account: &site.accounts[0],

@@ -143,6 +143,7 @@ async fn logged_in_probe_merges_set_cookie() {
         &client(),
         &site(&base, "/api/me", serde_json::json!({})),
         &before,
+        None,
         NOW,
     )
     .await;
@@ -166,6 +167,7 @@ async fn redirect_to_login_is_logged_out() {
         &client(),
         &site(&base, "/api/me", serde_json::json!({})),
         &state(&[("sid", "expired")]),
+        None,
         NOW,
     )
     .await;
@@ -181,6 +183,7 @@ async fn redirect_to_login_is_logged_out() {
         &client(),
         &site(&base, "/elsewhere", serde_json::json!({})),
         &state(&[]),
+        None,
         NOW,
     )
     .await;
@@ -199,6 +202,7 @@ async fn statuses_and_marker() {
                 &client(),
                 &site(&base, path, serde_json::json!({})),
                 &empty,
+                None,
                 NOW,
             )
             .await
@@ -231,7 +235,7 @@ async fn statuses_and_marker() {
     // 403 listed as a logged-out status wins over "blocked".
     let listed =
         serde_json::json!({"probe": {"url": "/forbidden", "logged_out_status": [401, 403]}});
-    let result = probe(&client(), &site(&base, "/x", listed), &empty, NOW).await;
+    let result = probe(&client(), &site(&base, "/x", listed), &empty, None, NOW).await;
     assert!(matches!(result.outcome, ProbeOutcome::LoggedOut { .. }));
 }
 
@@ -269,6 +273,7 @@ async fn transport_errors_are_errors() {
         &client(),
         &site(&base, "/api/me", serde_json::json!({})),
         &state(&[("sid", "topsecret")]),
+        None,
         NOW,
     )
     .await;
@@ -281,7 +286,7 @@ async fn transport_errors_are_errors() {
     }
     assert_eq!(result.status, None);
     let no_probe: SiteConfig = serde_json::from_value(serde_json::json!({"origin": base})).unwrap();
-    let result = probe(&client(), &no_probe, &state(&[]), NOW).await;
+    let result = probe(&client(), &no_probe, &state(&[]), None, NOW).await;
     assert!(matches!(result.outcome, ProbeOutcome::Error(_)));
 }
 
@@ -306,7 +311,7 @@ async fn cookie_refresh_checks_origin_and_merges() {
         })
         .build()
         .unwrap();
-    let updated = cookie_refresh(&client, &refresh_site(None, "/refresh"), &st, NOW)
+    let updated = cookie_refresh(&client, &refresh_site(None, "/refresh"), &st, None, NOW)
         .await
         .unwrap();
     let sid = updated.cookies.iter().find(|c| c.name == "sid").unwrap();
@@ -320,6 +325,7 @@ async fn cookie_refresh_checks_origin_and_merges() {
         &client,
         &refresh_site(Some("https://evil.example"), "/refresh"),
         &st,
+        None,
         NOW,
     )
     .await
@@ -330,6 +336,7 @@ async fn cookie_refresh_checks_origin_and_merges() {
         &client,
         &refresh_site(None, "/refresh"),
         &state(&[("sid", "old")]),
+        None,
         NOW,
     )
     .await
@@ -338,7 +345,7 @@ async fn cookie_refresh_checks_origin_and_merges() {
     assert!(err.to_string().contains("no longer accepts"));
     assert!(!err.to_string().contains("old"));
     // Other failures.
-    let err = cookie_refresh(&client, &refresh_site(None, "/refresh-bad"), &st, NOW)
+    let err = cookie_refresh(&client, &refresh_site(None, "/refresh-bad"), &st, None, NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, HealthError::Status { status: 502, .. }));
@@ -346,6 +353,7 @@ async fn cookie_refresh_checks_origin_and_merges() {
         &client,
         &site(&base, "/api/me", serde_json::json!({})),
         &st,
+        None,
         NOW,
     )
     .await

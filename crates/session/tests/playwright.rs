@@ -215,3 +215,105 @@ async fn playwright_storage_state_round_trips_and_stays_logged_in() {
 
     app.shutdown().await.expect("shutdown");
 }
+
+/// A state with localStorage, sessionStorage and IndexedDB (Playwright's format, as Playwright
+/// 1.65 writes it) goes import → encrypted store → lease → a real Playwright context
+/// (`restore.mjs`: Playwright restores IndexedDB itself, sessionStorage by an init script as
+/// authkeeper's clients do) and the page sees every value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_storage_and_indexed_db_reach_the_page_through_a_lease() {
+    let dir = playwright_dir();
+    let app = LoginApp::start(LoginAppConfig::new(vec![(
+        USER.to_owned(),
+        PASSWORD.to_owned(),
+    )]))
+    .await
+    .expect("login app starts");
+    let base = app.base_url().to_owned();
+    let origin = base.trim_end_matches('/').to_owned();
+    let token = authkeeper_testkit::planted("idb-token");
+    let jwt = authkeeper_testkit::planted("ls-jwt");
+    let document = serde_json::json!({
+        "cookies": [],
+        "origins": [{
+            "origin": origin,
+            "localStorage": [{ "name": "access_token", "value": jwt }],
+            "sessionStorage": [{ "name": "tab", "value": "tab-7" }],
+            "indexedDB": [{
+                "name": "app",
+                "version": 2,
+                "stores": [
+                    {
+                        "name": "kv",
+                        "autoIncrement": false,
+                        "records": [{ "key": "token", "value": token }],
+                        "indexes": []
+                    },
+                    {
+                        "name": "items",
+                        "autoIncrement": true,
+                        "keyPath": "id",
+                        "records": [{ "value": { "name": "x", "id": 1 } }],
+                        "indexes": [{ "name": "by_name", "keyPath": "name", "multiEntry": false, "unique": false }]
+                    }
+                ]
+            }]
+        }]
+    });
+    let state = StorageState::from_json(document.to_string().as_bytes()).expect("parses");
+    assert_eq!(state.origins[0].session_storage.len(), 1);
+    assert!(state.origins[0].indexed_db_json().is_some());
+    // The export is the import, byte for byte.
+    assert_eq!(
+        serde_json::from_str::<Value>(&state.to_json()).expect("json"),
+        document
+    );
+    let store_dir = authkeeper_testkit::temp_dir();
+    let store = authkeeper_store::SqliteStore::open(
+        store_dir.path().join("sessions.db"),
+        authkeeper_store::Keyring::new(authkeeper_store::SealKey::new(zeroize::Zeroizing::new(
+            [6u8; 32],
+        ))),
+    )
+    .expect("store");
+    let site: authkeeper_session::SiteConfig = toml::from_str(&format!(
+        "origin = \"{base}\"\naccounts = [{{ name = \"{USER}\" }}]\n"
+    ))
+    .expect("site");
+    let pool = authkeeper_session::SessionPool::new(
+        std::sync::Arc::new(store),
+        authkeeper_core::SystemClock::shared(),
+        [("app".parse().expect("site name"), site)],
+    )
+    .expect("pool");
+    pool.import("app", USER, state).await.expect("import");
+    let lease = pool
+        .lease("app", &authkeeper_session::LeaseRequest::default())
+        .await
+        .expect("lease");
+    let tmp = authkeeper_testkit::temp_dir();
+    let leased_file = tmp.path().join("leased-state.json");
+    authkeeper_testkit::expect_plaintext(&leased_file);
+    std::fs::write(&leased_file, lease.storage_state.to_json()).expect("write");
+    let restored = node(
+        &dir,
+        "restore.mjs",
+        &[
+            &format!("{origin}/login"),
+            leased_file.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    assert!(restored.status.success(), "{}", describe(&restored));
+    let seen: Value = serde_json::from_slice(&restored.stdout).expect("restore.mjs prints JSON");
+    assert_eq!(seen["local"]["access_token"], jwt.as_str());
+    assert_eq!(seen["session"]["tab"], "tab-7");
+    assert_eq!(
+        seen["idb"]["app/kv"],
+        serde_json::json!([["token", token.as_str()]])
+    );
+    assert_eq!(
+        seen["idb"]["app/items"],
+        serde_json::json!([[1, { "name": "x", "id": 1 }]])
+    );
+}

@@ -417,3 +417,58 @@ async fn import_refuses_cookies_of_another_site_and_keeps_what_is_stored() {
         Err(LeaseError::UnknownSite(_))
     ));
 }
+
+/// A session gets one identity from the site's profiles when it is created (an account's own
+/// settings win), keeps it across leases and imports of other accounts, and every lease hands
+/// it out as Playwright context options.
+#[tokio::test]
+async fn every_lease_of_a_session_carries_its_one_identity() {
+    let config: SiteConfig = toml::from_str(
+        r#"
+origin = "http://127.0.0.1:9"
+identity = { user_agents = ["UA-one", "UA-two", "UA-three"], locales = ["en-US"], timezones = ["Europe/Paris"], viewports = [[1280, 720]] }
+accounts = [{ name = "a0" }, { name = "a1", identity = { user_agent = "UA-mine", locale = "fr-FR" } }]
+[pool]
+max_usage = 0
+"#,
+    )
+    .expect("site");
+    let pool = pool(Arc::new(MemoryStore::new()), SystemClock::shared(), config);
+    import_all(&pool, 2).await;
+    let lease = |account: &'static str| {
+        let pool = &pool;
+        async move {
+            let request = LeaseRequest {
+                account: Some(account.parse().expect("account")),
+                ..Default::default()
+            };
+            let lease = pool.lease("portal", &request).await.expect("lease");
+            pool.release(&lease.lease_id, Outcome::Ok, None)
+                .await
+                .expect("release");
+            lease.identity.expect("an identity")
+        }
+    };
+    let first = lease("a0").await;
+    assert!(
+        first["userAgent"]
+            .as_str()
+            .is_some_and(|ua| ua.starts_with("UA-"))
+    );
+    assert_eq!(first["timezoneId"], "Europe/Paris");
+    assert_eq!(first["viewport"]["width"], 1280);
+    assert_eq!(
+        first["extraHTTPHeaders"]["Accept-Language"],
+        "en-US,en;q=0.9"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            lease("a0").await,
+            first,
+            "one identity for the session's life"
+        );
+    }
+    let mine = lease("a1").await;
+    assert_eq!(mine["userAgent"], "UA-mine");
+    assert_eq!(mine["locale"], "fr-FR");
+}

@@ -199,6 +199,7 @@ pub fn mock_credential(
             audience: None,
             extra_params: Vec::new(),
             timeout: std::time::Duration::from_secs(5),
+            proxy: None,
         },
         grant: GrantKind::RefreshToken,
         policy: authkeeper_core::policy::RefreshPolicy::default(),

@@ -258,7 +258,7 @@ export function sessionState(origin, sid) {
 }
 
 /** One account per lease test, so outcomes that retire a session do not interfere. */
-export const ACCOUNTS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "pw", "example"];
+export const ACCOUNTS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "pw", "pw-storage", "example"];
 
 /**
  * The stack every test file uses: IdPs "main", "storm" and "faulty" (2-second tokens), the

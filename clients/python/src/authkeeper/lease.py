@@ -37,7 +37,12 @@ from . import _calls
 from .cookies import cookie_jar, jar_cookies
 from .errors import AuthkeeperError, LeaseLost, LeaseOutcome, UnknownLease
 from .models import ReleaseSummary, StorageState, parse_time
-from .playwright import context_options
+from .playwright import (
+    READ_SESSION_STORAGE,
+    context_options,
+    merge_session_storage,
+    session_storage_script,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -154,11 +159,17 @@ class Lease:
                 raise TypeError("async Playwright needs `async with client.lease(...)`")
             return self._new_context_async(create, options)
         context = create(**options)
+        script = session_storage_script(self._storage_state)
+        if script is not None:
+            context.add_init_script(script=script)
         self._contexts.append((context, False))
         return context
 
     async def _new_context_async(self, create: Callable[..., Awaitable[Any]], options: Dict[str, Any]) -> Any:
         context = await create(**options)
+        script = session_storage_script(self._storage_state)
+        if script is not None:
+            await context.add_init_script(script=script)
         self._contexts.append((context, True))
         return context
 
@@ -228,7 +239,7 @@ class Lease:
                 )
                 continue
             try:
-                captured = context.storage_state()
+                captured = self._with_session_storage(_capture_state_sync(context), _read_pages_sync(context))
             except Exception as error:  # noqa: BLE001 - any Playwright (fork) error: e.g. closed
                 log.warning(
                     "authkeeper: could not capture a context's storage state: %s", type(error).__name__
@@ -240,7 +251,12 @@ class Lease:
         captured: Optional[StorageState] = None
         for context, is_async in self._contexts:
             try:
-                captured = await context.storage_state() if is_async else context.storage_state()
+                if is_async:
+                    state = await _capture_state_async(context)
+                    captured = self._with_session_storage(state, await _read_pages_async(context))
+                else:
+                    state = _capture_state_sync(context)
+                    captured = self._with_session_storage(state, _read_pages_sync(context))
             except Exception as error:  # noqa: BLE001 - any Playwright (fork) error: e.g. closed
                 log.warning(
                     "authkeeper: could not capture a context's storage state: %s", type(error).__name__
@@ -253,6 +269,10 @@ class Lease:
             else:
                 _close_quietly(context.close)
         return captured
+
+    def _with_session_storage(self, captured: Any, seen: Dict[str, List[List[str]]]) -> StorageState:
+        state: StorageState = merge_session_storage(captured, seen, self._storage_state)
+        return state
 
     def _released(self, data: Any) -> None:
         self.summary = ReleaseSummary.from_json(data)
@@ -390,3 +410,44 @@ class LeaseScope:
             )
         except AuthkeeperError as error:
             lease._release_failed(error, exc)
+
+
+def _capture_state_sync(context: Any) -> Any:
+    """The context's storage state with IndexedDB (Playwright >= 1.51), else without."""
+    try:
+        return context.storage_state(indexed_db=True)
+    except TypeError:
+        return context.storage_state()
+
+
+async def _capture_state_async(context: Any) -> Any:
+    try:
+        return await context.storage_state(indexed_db=True)
+    except TypeError:
+        return await context.storage_state()
+
+
+def _read_pages_sync(context: Any) -> Dict[str, List[List[str]]]:
+    """sessionStorage of the context's open pages, by origin (pages that cannot answer are
+    skipped)."""
+    seen: Dict[str, List[List[str]]] = {}
+    for page in list(getattr(context, "pages", []) or []):
+        try:
+            origin, entries = page.evaluate(READ_SESSION_STORAGE)
+        except Exception:  # noqa: BLE001, S110 - closed or navigating page: keep what we had
+            continue
+        if isinstance(origin, str) and origin.startswith("http"):
+            seen[origin] = [list(e) for e in entries]
+    return seen
+
+
+async def _read_pages_async(context: Any) -> Dict[str, List[List[str]]]:
+    seen: Dict[str, List[List[str]]] = {}
+    for page in list(getattr(context, "pages", []) or []):
+        try:
+            origin, entries = await page.evaluate(READ_SESSION_STORAGE)
+        except Exception:  # noqa: BLE001, S110 - closed or navigating page: keep what we had
+            continue
+        if isinstance(origin, str) and origin.startswith("http"):
+            seen[origin] = [list(e) for e in entries]
+    return seen

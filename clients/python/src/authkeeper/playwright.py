@@ -6,10 +6,26 @@ timezone, viewport, extra headers). No import of Playwright: these are plain dic
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import json
+from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["proxy_settings", "identity_options", "context_options"]
+__all__ = [
+    "proxy_settings",
+    "identity_options",
+    "context_options",
+    "session_storage_script",
+    "merge_session_storage",
+    "READ_SESSION_STORAGE",
+]
+
+#: The sessionStorage key that marks a tab already restored (never sent back).
+_RESTORED_MARK = "__authkeeper_restored"
+
+#: A page function answering ``[location.origin, [[key, value], ...]]`` (the marker left out).
+READ_SESSION_STORAGE = (
+    "() => [location.origin, Object.entries(sessionStorage).filter(([k]) => k !== '" + _RESTORED_MARK + "')]"
+)
 
 #: Identity keys (Playwright ``newContext`` options, camelCase as the broker answers them) and
 #: their Python Playwright keyword names.
@@ -71,3 +87,52 @@ def context_options(
     if storage_state is not None:
         options["storage_state"] = dict(storage_state)
     return options
+
+
+def _session_by_origin(storage_state: Optional[Mapping[str, Any]]) -> Dict[str, List[List[str]]]:
+    by_origin: Dict[str, List[List[str]]] = {}
+    for origin in (storage_state or {}).get("origins", []) or []:
+        entries = origin.get("sessionStorage") or []
+        if entries:
+            by_origin[str(origin.get("origin"))] = [[str(e["name"]), str(e["value"])] for e in entries]
+    return by_origin
+
+
+def session_storage_script(storage_state: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """An init script that writes the state's sessionStorage (authkeeper's ``sessionStorage``
+    key: Playwright's storageState has none) into each new tab of its origin, once; ``None``
+    when the state has no sessionStorage."""
+    by_origin = _session_by_origin(storage_state)
+    if not by_origin:
+        return None
+    mark = json.dumps(_RESTORED_MARK)
+    return (
+        f"(() => {{ const byOrigin = {json.dumps(by_origin)}; const entries = byOrigin[location.origin];"
+        f" if (!entries || sessionStorage.getItem({mark})) return;"
+        " for (const [k, v] of entries) sessionStorage.setItem(k, v);"
+        f" sessionStorage.setItem({mark}, '1'); }})()"
+    )
+
+
+def merge_session_storage(
+    captured: Mapping[str, Any],
+    seen: Mapping[str, List[List[str]]],
+    original: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    """``captured`` (a Playwright storageState) with sessionStorage: what open pages showed
+    (``seen``: origin -> entries), else what the lease started with."""
+    by_origin = _session_by_origin(original)
+    by_origin.update({origin: [list(e) for e in entries] for origin, entries in seen.items()})
+    state = dict(captured)
+    origins = [dict(o) for o in state.get("origins", []) or []]
+    present = {str(o.get("origin")) for o in origins}
+    for origin in origins:
+        entries = by_origin.get(str(origin.get("origin")))
+        if entries:
+            origin["sessionStorage"] = [{"name": k, "value": v} for k, v in entries]
+    for name, entries in by_origin.items():
+        if name not in present and entries:
+            session = [{"name": k, "value": v} for k, v in entries]
+            origins.append({"origin": name, "localStorage": [], "sessionStorage": session})
+    state["origins"] = origins
+    return state

@@ -169,6 +169,7 @@ fn settings(idp: &MockIdp) -> anyhow::Result<CredentialSettings> {
             audience: None,
             extra_params: Vec::new(),
             timeout: Duration::from_secs(5),
+            proxy: None,
         },
         grant: GrantKind::RefreshToken,
         policy: RefreshPolicy::default(),

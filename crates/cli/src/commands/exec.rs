@@ -80,7 +80,7 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
     let key = NewKey::generate();
     let broker = Broker::start(
         keeper.clone(),
-        private_broker(&context, store.clone(), &args.name, &task, &key),
+        private_broker(&context, store.clone(), &args.name, &task, &key)?,
     )
     .await
     .context("cannot start the private broker for the child")?;
@@ -145,10 +145,10 @@ fn private_broker(
     name: &str,
     task: &str,
     key: &NewKey,
-) -> BrokerConfig {
+) -> anyhow::Result<BrokerConfig> {
     let mut credentials = context.config.credentials.clone();
     credentials.retain(|configured, _| configured == name);
-    BrokerConfig {
+    Ok(BrokerConfig {
         server: ServerConfig {
             listen: Listen::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             ..ServerConfig::default()
@@ -165,12 +165,12 @@ fn private_broker(
                 Permission::Checkpoints,
             ]),
         }],
-        upstreams: upstreams_from(&credentials),
+        upstreams: upstreams_from(&credentials)?,
         metrics: None,
         heartbeat: true,
         readiness_probe: None,
         ..BrokerConfig::new(records)
-    }
+    })
 }
 
 /// Waits for the first of the forwarded signals and returns its number.

@@ -14,7 +14,6 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use authkeeper_core::config::LoginMethod;
 use authkeeper_core::grant::{GrantKind, GrantRequest, OAuthClient};
 use authkeeper_core::{ErrorClass, KeeperError, SystemClock, TokenResponse};
@@ -89,10 +88,8 @@ pub async fn run(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCod
     let login = LoginSettings::from_config(&args.name, credential)?;
     // Open the store first: a missing key should fail before the user goes through a login.
     let store = context.open_store().await?;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("cannot build the HTTP client")?;
+    // Through the credential's egress proxy, like its refreshes.
+    let http = authkeeper_core::egress::http_client(settings.client.proxy.as_ref())?;
     let clock = SystemClock::shared();
     let client = LoginClient::new(
         OAuthClient::new(settings.client.clone(), http),
@@ -299,10 +296,8 @@ async fn command(
         command,
         timeout,
         child_env: child_env.clone(),
-        env: vec![
-            ("AUTHKEEPER_CREDENTIAL".into(), name.to_owned()),
-            ("AUTHKEEPER_CLIENT_ID".into(), credential.client_id.clone()),
-        ],
+        env: authkeeper_login::command::login_command_env(name, credential)
+            .map_err(|e| LoginError::Config(e.to_string()))?,
     })
     .await
 }

@@ -67,10 +67,7 @@ pub async fn run(global: &GlobalArgs, args: LogoutArgs) -> anyhow::Result<ExitCo
             })?;
             let settings = credential.resolve(&args.name)?;
             let login = LoginSettings::from_config(&args.name, credential)?;
-            let http = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .context("cannot build the HTTP client")?;
+            let http = authkeeper_core::egress::http_client(settings.client.proxy.as_ref())?;
             let client = LoginClient::new(
                 OAuthClient::new(settings.client, http),
                 SystemClock::shared(),

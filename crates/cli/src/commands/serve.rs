@@ -60,7 +60,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         server,
         records: backend.shared(),
         clients: context.config.clients.clone(),
-        upstreams: upstreams_from(&context.config.credentials),
+        upstreams: upstreams_from(&context.config.credentials)?,
         metrics: Some(metrics),
         heartbeat: true,
         readiness_probe,

@@ -122,3 +122,35 @@ pub async fn run_with_input(mut command: tokio::process::Command, stdin: &[u8]) 
     }
     child.wait_with_output().await.expect("authkeeper output")
 }
+
+/// A running `authkeeper serve` of a workspace; killed when dropped.
+pub struct ServeProcess {
+    /// Killed when dropped (`kill_on_drop`).
+    _child: tokio::process::Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts `authkeeper serve` in `workspace` (whose config listens on `127.0.0.1:0`) and
+    /// waits for the line naming its URL.
+    pub async fn start(workspace: &Workspace) -> ServeProcess {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = workspace
+            .command(&["serve"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("authkeeper serve");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("broker started in time")
+            .expect("read")
+            .expect("listening line");
+        let url = line
+            .rsplit(' ')
+            .next()
+            .expect("url at the end of the line")
+            .to_owned();
+        ServeProcess { _child: child, url }
+    }
+}

@@ -91,8 +91,29 @@ impl KeeperBuilder {
         // Credentials of one token endpoint share its circuit breaker.
         let mut breakers: HashMap<String, Arc<CircuitBreaker>> = HashMap::new();
         let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        // Credentials with an egress proxy get a client through it, one per proxy.
+        let mut proxied: HashMap<String, reqwest::Client> = HashMap::new();
         for (name, settings) in self.credentials {
-            let client = OAuthClient::new(settings.client.clone(), http.clone());
+            let http = match &settings.client.proxy {
+                None => http.clone(),
+                Some(proxy) => match proxied.get(proxy.expose_url()) {
+                    Some(client) => client.clone(),
+                    None => {
+                        let client = crate::egress::http_client(Some(proxy)).map_err(|e| {
+                            KeeperError::Store {
+                                name: name.to_string(),
+                                source: StoreError::Other {
+                                    message: e.to_string(),
+                                    source: None,
+                                },
+                            }
+                        })?;
+                        proxied.insert(proxy.expose_url().to_owned(), client.clone());
+                        client
+                    }
+                },
+            };
+            let client = OAuthClient::new(settings.client.clone(), http);
             let breaker = Arc::clone(breakers.entry(client.endpoint_key()).or_insert_with(|| {
                 Arc::new(CircuitBreaker::new(
                     self.settings.breaker_threshold,

@@ -27,6 +27,7 @@ pub fn run(
     location: &[u8],
 ) -> Option<Outcome> {
     let upstream = Upstream {
+        egress: None,
         base: base.parse().ok()?,
         inject: InjectConfig {
             query: query_param.map(str::to_owned),

@@ -371,6 +371,7 @@ mod tests {
 
     fn route(base: &str, inject: InjectConfig) -> Route {
         let upstream = Upstream {
+            egress: None,
             base: base.parse().expect("url"),
             inject,
         };
@@ -508,12 +509,14 @@ mod tests {
     fn bad_upstreams_are_refused() {
         for base in ["ftp://h/", "http://u:p@h/", "http://h/?q=1"] {
             let upstream = Upstream {
+                egress: None,
                 base: base.parse().expect("url"),
                 inject: InjectConfig::default(),
             };
             assert!(Route::new("crm", &upstream).is_err(), "{base}");
         }
         let upstream = Upstream {
+            egress: None,
             base: "http://h/".parse().expect("url"),
             inject: InjectConfig {
                 header: Some("bad header".into()),

@@ -239,11 +239,17 @@ impl SessionPool {
         now: Timestamp,
     ) -> Result<Session, LeaseError> {
         let proxy = resolve_proxy(site, account)?;
+        // One identity for the session's whole life, the same in every process (a stable pick).
+        let identity = site
+            .config
+            .identity
+            .identity_for(&format!("{}/{id}", site.name), &account.identity);
         Ok(Session {
             id: id.clone(),
             site: site.name.clone(),
             account: account.name.clone(),
             proxy,
+            identity,
             storage_state: StorageState::default(),
             state: SessionState::NeedsLogin,
             reason: Some("new".to_owned()),
@@ -273,6 +279,10 @@ pub(super) fn hand_out(session: Session) -> SessionLease {
         site: session.site.clone(),
         account: session.account.clone(),
         proxy: session.proxy.clone(),
+        identity: session
+            .identity
+            .as_ref()
+            .map(crate::identity::Identity::context_options),
         storage_state: session.storage_state.clone(),
         lease_expires_at,
     }

@@ -198,6 +198,7 @@ impl SessionPool {
             &client,
             &site.config,
             &session.storage_state,
+            session.identity.as_ref(),
             self.clock.now(),
         )
         .await

@@ -81,6 +81,7 @@ mod tests {
             site: "portal".parse().expect("valid"),
             account: "alice".parse().expect("valid"),
             proxy: None,
+            identity: None,
             storage_state: StorageState::default(),
             state: SessionState::Active,
             reason: None,

@@ -130,6 +130,7 @@ impl SessionPool {
             site_name: &site.name,
             site: &site.config,
             account,
+            identity: taken.session.identity.as_ref(),
         };
         match login.login(&request).await {
             Ok(state) => {
@@ -211,6 +212,7 @@ impl SessionPool {
             &client,
             &site.config,
             &session.storage_state,
+            session.identity.as_ref(),
             self.clock.now(),
         )
         .await;

@@ -20,6 +20,19 @@ use crate::config::{AccountConfig, LoginConfig, SiteConfig};
 use crate::login::LoginError;
 use crate::storage_state::{Extra, NameValue, OriginState, SameSite, StateCookie, StorageState};
 
+/// Reads an origin's localStorage, sessionStorage and IndexedDB (see the script).
+const CAPTURE_SCRIPT: &str = include_str!("capture.js");
+/// Writes them back (`__AUTHKEEPER_STATE__` is replaced by the JSON to write).
+const RESTORE_SCRIPT: &str = include_str!("restore.js");
+
+/// What [`CAPTURE_SCRIPT`] answers.
+#[derive(serde::Deserialize)]
+struct CapturedStorage {
+    local: Vec<(String, String)>,
+    session: Vec<(String, String)>,
+    idb: Vec<Value>,
+}
+
 /// How often waiting steps look again.
 const POLL: Duration = Duration::from_millis(100);
 /// Bound on one look (one `Runtime.evaluate`) while waiting.
@@ -107,31 +120,7 @@ pub async fn load_state_and_check_with(
         }
         let page = chromium.new_page().await?;
         for origin in &state.origins {
-            if origin.local_storage.is_empty() {
-                continue;
-            }
-            let target = Url::parse(&origin.origin).map_err(|_| {
-                LoginError::InvalidState(format!("origin {:?} is not a URL", origin.origin))
-            })?;
-            navigate(&page, &target, CHECK_STEP_TIMEOUT).await?;
-            let entries: Vec<(&str, &str)> = origin
-                .local_storage
-                .iter()
-                .map(|entry| (entry.name.as_str(), entry.value.as_str()))
-                .collect();
-            let entries = Zeroizing::new(serde_json::to_string(&entries).map_err(|error| {
-                LoginError::InvalidState(format!("cannot encode localStorage: {error}"))
-            })?);
-            let script = Zeroizing::new(format!(
-                "(() => {{ for (const [k, v] of {}) localStorage.setItem(k, v); return true; }})()",
-                entries.as_str()
-            ));
-            evaluate(&page, script.as_str()).await.map_err(|message| {
-                LoginError::Browser(format!(
-                    "cannot set localStorage of {}: {message}",
-                    origin.origin
-                ))
-            })?;
+            restore_origin(&page, origin).await?;
         }
         navigate(&page, url, CHECK_STEP_TIMEOUT).await?;
         let _ = tokio::time::timeout(CHECK_STEP_TIMEOUT, wait_parsed(&page)).await;
@@ -152,6 +141,46 @@ pub async fn load_state_and_check_with(
         chromium.close().await;
     }
     outcome.unwrap_or(Err(LoginError::Timeout(CHECK_TIMEOUT)))
+}
+
+/// Writes an origin's localStorage, sessionStorage and IndexedDB in `page` (navigating there
+/// first); nothing to do for an origin without any.
+pub(crate) async fn restore_origin(page: &Page, origin: &OriginState) -> Result<(), LoginError> {
+    let idb = origin.indexed_db_json();
+    if origin.local_storage.is_empty() && origin.session_storage.is_empty() && idb.is_none() {
+        return Ok(());
+    }
+    let target = Url::parse(&origin.origin).map_err(|_| {
+        LoginError::InvalidState(format!("origin {:?} is not a URL", origin.origin))
+    })?;
+    navigate(page, &target, CHECK_STEP_TIMEOUT).await?;
+    let pairs = |entries: &[NameValue]| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|entry| (entry.name.clone(), entry.value.clone()))
+            .collect()
+    };
+    let idb: Value = match &idb {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|_| LoginError::InvalidState("the IndexedDB export is not JSON".to_owned()))?,
+        None => Value::Array(Vec::new()),
+    };
+    let state = Zeroizing::new(
+        serde_json::json!({
+            "local": pairs(&origin.local_storage),
+            "session": pairs(&origin.session_storage),
+            "idb": idb,
+        })
+        .to_string(),
+    );
+    let script = Zeroizing::new(RESTORE_SCRIPT.replace("__AUTHKEEPER_STATE__", &state));
+    evaluate(page, script.as_str()).await.map_err(|message| {
+        LoginError::Browser(format!(
+            "cannot restore the web storage of {}: {message}",
+            origin.origin
+        ))
+    })?;
+    Ok(())
 }
 
 /// Runs one step (the caller bounds it by `step_timeout`).
@@ -474,36 +503,45 @@ async fn capture_state(
             navigate(page, origin, step_timeout).await?;
             let _ = tokio::time::timeout(step_timeout, wait_parsed(page)).await;
         }
-        let read = tokio::time::timeout(
-            step_timeout,
-            evaluate(page, "JSON.stringify(Object.entries(localStorage))"),
-        )
-        .await;
+        let read = tokio::time::timeout(step_timeout, evaluate(page, CAPTURE_SCRIPT)).await;
         let json = match read {
             Ok(Ok(Value::String(json))) => Zeroizing::new(json),
-            Ok(Ok(_)) => Zeroizing::new("[]".to_owned()),
+            Ok(Ok(_)) => Zeroizing::new(r#"{"local":[],"session":[],"idb":[]}"#.to_owned()),
             Ok(Err(message)) => {
                 return Err(LoginError::Browser(format!(
-                    "cannot read localStorage of {serialized}: {message}"
+                    "cannot read the web storage of {serialized}: {message}"
                 )));
             }
             Err(_elapsed) => {
                 return Err(LoginError::Browser(format!(
-                    "reading localStorage of {serialized} timed out"
+                    "reading the web storage of {serialized} timed out"
                 )));
             }
         };
-        let entries: Vec<(String, String)> = serde_json::from_str(&json).map_err(|_| {
-            LoginError::Browser(format!("localStorage of {serialized} is not readable"))
+        let storage: CapturedStorage = serde_json::from_str(&json).map_err(|_| {
+            LoginError::Browser(format!("the web storage of {serialized} is not readable"))
         })?;
-        if !entries.is_empty() {
-            local.push(OriginState::new(
-                serialized,
-                entries
-                    .into_iter()
-                    .map(|(name, value)| NameValue::new(name, value))
-                    .collect(),
-            ));
+        let entries = |pairs: Vec<(String, String)>| -> Vec<NameValue> {
+            pairs
+                .into_iter()
+                .map(|(name, value)| NameValue::new(name, value))
+                .collect()
+        };
+        let mut captured = OriginState::new(serialized.clone(), entries(storage.local));
+        captured.session_storage = entries(storage.session);
+        if !storage.idb.is_empty() {
+            let databases = Zeroizing::new(serde_json::to_string(&storage.idb).map_err(|_| {
+                LoginError::Browser(format!("the IndexedDB of {serialized} is not readable"))
+            })?);
+            captured
+                .set_indexed_db_json(&databases)
+                .map_err(|error| LoginError::InvalidState(error.to_string()))?;
+        }
+        if !(captured.local_storage.is_empty()
+            && captured.session_storage.is_empty()
+            && storage.idb.is_empty())
+        {
+            local.push(captured);
         }
     }
     let cookies = tokio::time::timeout(step_timeout, chromium.cdp().get_cookies())

@@ -1,4 +1,4 @@
-//! [`OriginState`]: the localStorage of one origin, and its entries.
+//! [`OriginState`]: the localStorage (and sessionStorage) of one origin, and its entries.
 
 use std::fmt;
 
@@ -7,13 +7,17 @@ use zeroize::Zeroize;
 
 use super::*;
 
-/// localStorage of one origin.
+/// localStorage and sessionStorage of one origin; its IndexedDB databases (Playwright's
+/// `indexedDB` format) are kept as they are in [`OriginState::extra`].
 #[derive(Clone, PartialEq, Default)]
 pub struct OriginState {
     /// The origin, e.g. `https://app.example.com`.
     pub origin: String,
     /// Its localStorage entries, in order.
     pub local_storage: Vec<NameValue>,
+    /// Its sessionStorage entries (authkeeper's `sessionStorage` key: Playwright has none and
+    /// ignores it; written only when there are entries, so Playwright's files stay identical).
+    pub session_storage: Vec<NameValue>,
     /// Fields this crate does not model (e.g. `indexedDB`), kept for the round trip.
     pub extra: Extra,
 }
@@ -23,6 +27,7 @@ impl fmt::Debug for OriginState {
         f.debug_struct("OriginState")
             .field("origin", &self.origin)
             .field("local_storage_entries", &self.local_storage.len())
+            .field("session_storage_entries", &self.session_storage.len())
             .field("extra", &self.extra)
             .finish()
     }
@@ -34,8 +39,43 @@ impl OriginState {
         OriginState {
             origin: origin.into(),
             local_storage,
+            session_storage: Vec::new(),
             extra: Extra::default(),
         }
+    }
+
+    /// The origin's IndexedDB databases in Playwright's format (`indexedDB`), as compact JSON
+    /// text (a secret: values may hold tokens), if any.
+    pub fn indexed_db_json(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.extra
+            .fields
+            .iter()
+            .find(|(key, _)| key == "indexedDB")
+            .and_then(|(_, value)| serde_json::to_string(value).ok())
+            .map(zeroize::Zeroizing::new)
+    }
+
+    /// Replaces the origin's IndexedDB databases with `json` (Playwright's format: an array).
+    pub fn set_indexed_db_json(&mut self, json: &str) -> Result<(), StateError> {
+        let databases: Json =
+            serde_json::from_str(json).map_err(|err| StateError::MalformedJson {
+                line: err.line(),
+                column: err.column(),
+                reason: "the IndexedDB export is not valid JSON".to_owned(),
+            })?;
+        if !matches!(databases, Json::Array(_)) {
+            return Err(invalid("indexedDB", "expected an array of databases"));
+        }
+        match self
+            .extra
+            .fields
+            .iter_mut()
+            .find(|(key, _)| key == "indexedDB")
+        {
+            Some((_, value)) => *value = databases,
+            None => self.extra.fields.push(("indexedDB".to_owned(), databases)),
+        }
+        Ok(())
     }
 
     /// Checks what [`StorageState::from_json`] checks for one origin.
@@ -58,7 +98,9 @@ impl OriginState {
                 "origin is not a URL origin like https://app.example.com",
             ));
         }
-        if self.local_storage.len() > MAX_LOCAL_STORAGE_ENTRIES {
+        if self.local_storage.len() > MAX_LOCAL_STORAGE_ENTRIES
+            || self.session_storage.len() > MAX_LOCAL_STORAGE_ENTRIES
+        {
             return Err(StateError::TooMany {
                 what: "localStorage entries in one origin",
                 count: self.local_storage.len(),
@@ -69,13 +111,25 @@ impl OriginState {
     }
 
     pub(super) fn to_value(&self) -> Json {
-        self.extra.object(vec![
+        let mut known = vec![
             ("origin", Json::String(self.origin.clone())),
             (
                 "localStorage",
                 Json::Array(self.local_storage.iter().map(NameValue::to_value).collect()),
             ),
-        ])
+        ];
+        if !self.session_storage.is_empty() {
+            known.push((
+                "sessionStorage",
+                Json::Array(
+                    self.session_storage
+                        .iter()
+                        .map(NameValue::to_value)
+                        .collect(),
+                ),
+            ));
+        }
+        self.extra.object(known)
     }
 
     pub(super) fn from_value(mut json: Json, at: &str) -> Result<OriginState, StateError> {
@@ -95,26 +149,10 @@ impl OriginState {
                     has_origin = true;
                 }
                 "localStorage" => {
-                    let Json::Array(items) = value else {
-                        return Err(invalid(
-                            format!("{at}.localStorage"),
-                            format!("expected an array, found {}", value.type_name()),
-                        ));
-                    };
-                    if items.len() > MAX_LOCAL_STORAGE_ENTRIES {
-                        return Err(StateError::TooMany {
-                            what: "localStorage entries in one origin",
-                            count: items.len(),
-                            limit: MAX_LOCAL_STORAGE_ENTRIES,
-                        });
-                    }
-                    origin.local_storage = items
-                        .iter_mut()
-                        .enumerate()
-                        .map(|(i, item)| {
-                            NameValue::from_value(item.take(), &format!("{at}.localStorage[{i}]"))
-                        })
-                        .collect::<Result<_, _>>()?;
+                    origin.local_storage = entries(value, &format!("{at}.localStorage"))?;
+                }
+                "sessionStorage" => {
+                    origin.session_storage = entries(value, &format!("{at}.sessionStorage"))?;
                 }
                 _ => origin.extra.fields.push((key.clone(), value.take())),
             }
@@ -127,7 +165,29 @@ impl OriginState {
     }
 }
 
-/// A localStorage entry. Its name and value are zeroized on drop.
+/// The entries of a `localStorage` / `sessionStorage` array at `at`.
+fn entries(value: &mut Json, at: &str) -> Result<Vec<NameValue>, StateError> {
+    let Json::Array(items) = value else {
+        return Err(invalid(
+            at,
+            format!("expected an array, found {}", value.type_name()),
+        ));
+    };
+    if items.len() > MAX_LOCAL_STORAGE_ENTRIES {
+        return Err(StateError::TooMany {
+            what: "storage entries in one origin",
+            count: items.len(),
+            limit: MAX_LOCAL_STORAGE_ENTRIES,
+        });
+    }
+    items
+        .iter_mut()
+        .enumerate()
+        .map(|(i, item)| NameValue::from_value(item.take(), &format!("{at}[{i}]")))
+        .collect()
+}
+
+/// A localStorage or sessionStorage entry. Its name and value are zeroized on drop.
 #[derive(Clone, PartialEq, Default)]
 pub struct NameValue {
     /// The key.
