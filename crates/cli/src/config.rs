@@ -131,6 +131,17 @@ impl Config {
             if let Err(error) = credential.resolve(name) {
                 problems.push(error.to_string());
             }
+            if let (Some(site), Some(account)) = (&credential.site, &credential.account) {
+                match self.sites.get(site.as_str()) {
+                    None => problems.push(format!(
+                        "credential `{name}`: site `{site}` is not configured ([sites.{site}])"
+                    )),
+                    Some(config) if config.account(account).is_none() => problems.push(format!(
+                        "credential `{name}`: site `{site}` has no account `{account}`"
+                    )),
+                    Some(_) => {}
+                }
+            }
         }
         if let Err(error) = authkeeper_server::ClientKeys::new(&self.clients) {
             problems.push(format!("[[clients]]: {error}"));

@@ -172,7 +172,8 @@ impl Context {
         names: &[&str],
         settings: KeeperSettings,
     ) -> anyhow::Result<Keeper> {
-        self.keeper_with_sinks(store, names, settings, Vec::new())
+        let sessions = self.session_pool(store.clone())?;
+        self.keeper_with_sinks(store, names, settings, Vec::new(), sessions.as_ref())
     }
 
     /// The automatic re-authentication of the named credentials (all when `names` is empty).
@@ -193,12 +194,15 @@ impl Context {
 
     /// Like [`Context::keeper`], also reporting events to `sinks` (e.g. the broker's metrics).
     /// Long-running processes (`background_refresh`) also get automatic re-authentication.
+    /// Credentials backed by a browser session (`grant = "session"`) are renewed through
+    /// `sessions`.
     pub fn keeper_with_sinks(
         &self,
         store: Arc<dyn Store>,
         names: &[&str],
         settings: KeeperSettings,
         sinks: Vec<SharedSink>,
+        sessions: Option<&Arc<authkeeper_session::SessionPool>>,
     ) -> anyhow::Result<Keeper> {
         let mut settings = settings;
         if let Some(ttl) = self.config.store.lease_ttl {
@@ -215,6 +219,20 @@ impl Context {
         for (name, credential) in &self.config.credentials {
             if names.is_empty() || names.contains(&name.as_str()) {
                 builder = builder.credential(name.clone(), credential.resolve(name)?);
+                if credential.grant == authkeeper_core::grant::GrantKind::Session {
+                    let pool = sessions.ok_or_else(|| {
+                        crate::exit::ConfigurationError(format!(
+                            "credential `{name}` has grant = \"session\" but no [sites] are configured"
+                        ))
+                    })?;
+                    let source = authkeeper_session::bearer::SessionTokenSource::new(
+                        Arc::clone(pool),
+                        name.as_str(),
+                        credential,
+                    )
+                    .map_err(crate::exit::ConfigurationError)?;
+                    builder = builder.token_source(name.clone(), Arc::new(source));
+                }
             }
         }
         for name in names {

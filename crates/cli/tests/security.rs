@@ -266,6 +266,11 @@ async fn configuration_mistakes_exit_2_at_load() {
             "client_secret",
         ),
         (
+            "a session credential of a site that is not configured",
+            "[credentials.api]\ngrant = \"session\"\nsite = \"nowhere\"\naccount = \"alice\"\ntoken_from = { local_storage = \"t\" }\n",
+            "nowhere",
+        ),
+        (
             "a lease shorter than the token request",
             "[store]\nlease_ttl = \"1s\"\n[credentials.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"x\"\nclient_secret = \"s\"\n",
             "lease_ttl",

@@ -16,5 +16,6 @@ mod redis_server;
 mod replicas;
 mod secrets;
 mod security;
+mod session_credential;
 mod sessions;
 mod support;

@@ -13,6 +13,46 @@ use crate::secret::ClientSecret;
 use crate::secret_ref::{SecretRef, SecretRefError};
 use crate::token::ExpiryDefaults;
 
+/// Where a session credential's bearer token lives (`token_from = { ... }`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenFrom {
+    /// A localStorage key of the site's origin.
+    LocalStorage(String),
+    /// A sessionStorage key of the site's origin.
+    SessionStorage(String),
+    /// A cookie of the session.
+    Cookie(String),
+    /// A JSON answer: `url` (relative to the site's origin) fetched with the session's cookies,
+    /// and the JSON pointer of the token in it.
+    Response {
+        /// The URL.
+        url: String,
+        /// The JSON pointer, e.g. `/access_token`.
+        pointer: String,
+    },
+}
+
+/// How a session credential's token is renewed (`renew = { ... }`): the site's own refresh
+/// endpoint, called as its page would (the session's cookies, `Origin`, `Sec-Fetch-*`, its
+/// user agent, through its proxy), rotating cookies stored back into the session.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRenew {
+    /// The refresh endpoint, relative to the site's origin.
+    pub refresh_url: String,
+    /// Its method (default `POST`).
+    #[serde(default = "defaults::renew_method")]
+    pub method: String,
+    /// The JSON pointer of the new token in the answer (default `/access_token`).
+    #[serde(default = "defaults::renew_pointer")]
+    pub pointer: String,
+    /// The JSON pointer of its lifetime in seconds, when the answer has one (else the JWT's
+    /// `exp`, else `default_ttl`).
+    #[serde(default)]
+    pub expires_in_pointer: Option<String>,
+}
+
 /// One `[credentials.NAME]` table. Field names are the public config keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +63,8 @@ pub struct CredentialConfig {
     /// An OIDC issuer whose discovery document names the token endpoint.
     #[serde(default)]
     pub issuer: Option<Url>,
-    /// The OAuth client id.
+    /// The OAuth client id (not for `grant = "session"`).
+    #[serde(default)]
     pub client_id: String,
     /// The client secret: `env:NAME`, `file:PATH` or (tests only) inline.
     #[serde(default)]
@@ -48,6 +89,18 @@ pub struct CredentialConfig {
     /// `http://user:pass@host:port`, `https://`, `socks5://`, `socks5h://`.
     #[serde(default)]
     pub proxy: Option<SecretRef>,
+    /// `grant = "session"`: the site (`[sites.NAME]`) whose browser session holds the token.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// `grant = "session"`: the site's account whose session it is.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// `grant = "session"`: where the bearer token lives in the session.
+    #[serde(default)]
+    pub token_from: Option<TokenFrom>,
+    /// `grant = "session"`: how the token is renewed (without it: a fresh login of the session).
+    #[serde(default)]
+    pub renew: Option<SessionRenew>,
     /// Base URL of the API this credential is for (used by the broker's proxy).
     #[serde(default)]
     pub upstream: Option<Url>,
@@ -198,6 +251,12 @@ mod defaults {
     pub fn heartbeat() -> bool {
         true
     }
+    pub fn renew_method() -> String {
+        "POST".to_owned()
+    }
+    pub fn renew_pointer() -> String {
+        "/access_token".to_owned()
+    }
 }
 
 /// A credential's validated settings, secrets resolved.
@@ -262,8 +321,31 @@ impl CredentialConfig {
     /// Checks the table without resolving its secret: one endpoint, `http(s)` URLs, a secret
     /// where the auth method needs one, a valid refresh policy and positive durations.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        if self.token_url.is_some() == self.issuer.is_some() {
-            return Err(ConfigError::Endpoint(name.to_owned()));
+        let invalid = |message: &str| ConfigError::Invalid {
+            name: name.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.grant == GrantKind::Session {
+            self.validate_session(name)?;
+        } else {
+            if self.token_url.is_some() == self.issuer.is_some() {
+                return Err(ConfigError::Endpoint(name.to_owned()));
+            }
+            if self.client_id.trim().is_empty() {
+                return Err(invalid("client_id is required"));
+            }
+            if self.client_secret.is_none() && self.auth_method != ClientAuth::None {
+                return Err(ConfigError::MissingSecret(name.to_owned()));
+            }
+            if self.site.is_some()
+                || self.account.is_some()
+                || self.token_from.is_some()
+                || self.renew.is_some()
+            {
+                return Err(invalid(
+                    "site, account, token_from and renew are for grant = \"session\"",
+                ));
+            }
         }
         let urls = [
             ("token_url", &self.token_url),
@@ -278,9 +360,6 @@ impl CredentialConfig {
                 check_http_url(name, key, url)?;
             }
         }
-        if self.client_secret.is_none() && self.auth_method != ClientAuth::None {
-            return Err(ConfigError::MissingSecret(name.to_owned()));
-        }
         self.policy().validate().map_err(|e| ConfigError::Invalid {
             name: name.to_owned(),
             message: e.to_string(),
@@ -290,6 +369,53 @@ impl CredentialConfig {
                 name: name.to_owned(),
                 message: "timeout and default_ttl must be positive".into(),
             });
+        }
+        Ok(())
+    }
+
+    /// The checks of a `grant = "session"` credential.
+    fn validate_session(&self, name: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            name: name.to_owned(),
+            message,
+        };
+        if self.token_url.is_some() || self.issuer.is_some() {
+            return Err(invalid(
+                "a grant = \"session\" credential has no token_url or issuer: its token comes from the site's session".into(),
+            ));
+        }
+        match (&self.site, &self.account) {
+            (Some(site), Some(account)) => {
+                crate::name::SiteName::new(site).map_err(|e| invalid(format!("site: {e}")))?;
+                crate::name::AccountName::new(account)
+                    .map_err(|e| invalid(format!("account: {e}")))?;
+            }
+            _ => {
+                return Err(invalid(
+                    "grant = \"session\" needs site and account (the session holding the token)"
+                        .into(),
+                ));
+            }
+        }
+        match &self.token_from {
+            None => {
+                return Err(invalid(
+                    "grant = \"session\" needs token_from = { local_storage | session_storage | cookie = \"NAME\" } or { response = { url, pointer } }".into(),
+                ));
+            }
+            Some(TokenFrom::Response { pointer, .. }) if !pointer.starts_with('/') => {
+                return Err(invalid(
+                    "token_from.response.pointer must be a JSON pointer like /access_token".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(renew) = &self.renew
+            && !renew.pointer.starts_with('/')
+        {
+            return Err(invalid(
+                "renew.pointer must be a JSON pointer like /access_token".into(),
+            ));
         }
         Ok(())
     }
@@ -322,9 +448,15 @@ impl CredentialConfig {
     /// Validates the table ([`CredentialConfig::validate`]) and resolves its secret.
     pub fn resolve(&self, name: &str) -> Result<CredentialSettings, ConfigError> {
         self.validate(name)?;
-        let endpoint = match (&self.token_url, &self.issuer) {
-            (Some(url), None) => Endpoint::TokenUrl(url.clone()),
-            (None, Some(issuer)) => Endpoint::Issuer(issuer.clone()),
+        let endpoint = match (&self.token_url, &self.issuer, &self.site, &self.account) {
+            (Some(url), None, _, _) => Endpoint::TokenUrl(url.clone()),
+            (None, Some(issuer), _, _) => Endpoint::Issuer(issuer.clone()),
+            // A session credential has no token endpoint: this names its session (the breaker
+            // of its renewals is per session).
+            (None, None, Some(site), Some(account)) => Endpoint::TokenUrl(
+                Url::parse(&format!("session://{site}/{account}"))
+                    .map_err(|_| ConfigError::Endpoint(name.to_owned()))?,
+            ),
             _ => return Err(ConfigError::Endpoint(name.to_owned())),
         };
         let client_secret = match &self.client_secret {

@@ -131,6 +131,18 @@ pub enum RefreshError {
     /// OIDC discovery failed.
     #[error("OIDC discovery failed: {0}")]
     Discovery(String),
+    /// A [`crate::source::TokenSource`] (a browser session's renewal) failed.
+    #[error("{message}")]
+    Source {
+        /// What to do about it.
+        class: ErrorClass,
+        /// A short machine-readable cause (`refresh_rejected`, `login_failed`, `session_busy`...).
+        cause: String,
+        /// What happened (never a secret).
+        message: String,
+        /// When to try again, if the source knows.
+        retry_after: Option<Duration>,
+    },
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -187,15 +199,16 @@ impl RefreshError {
             }
             RefreshError::NoRefreshToken => ErrorClass::NeedsReauth,
             RefreshError::Discovery(_) => ErrorClass::Transient,
+            RefreshError::Source { class, .. } => *class,
         }
     }
 
     /// The delay the server asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            RefreshError::OAuth { retry_after, .. } | RefreshError::Status { retry_after, .. } => {
-                *retry_after
-            }
+            RefreshError::OAuth { retry_after, .. }
+            | RefreshError::Status { retry_after, .. }
+            | RefreshError::Source { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -213,6 +226,7 @@ impl RefreshError {
             },
             RefreshError::NoRefreshToken => "no_refresh_token".into(),
             RefreshError::Discovery(_) => "discovery".into(),
+            RefreshError::Source { cause, .. } => sanitize(cause),
         }
     }
 }

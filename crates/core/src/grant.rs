@@ -33,6 +33,9 @@ pub enum GrantKind {
     RefreshToken,
     /// Ask with the client's own credentials (RFC 6749 §4.4); no refresh token involved.
     ClientCredentials,
+    /// A bearer token kept by a browser session (`[credentials.NAME] site`, `account`,
+    /// `token_from`, `renew`): renewed by a [`crate::source::TokenSource`], not a token endpoint.
+    Session,
 }
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).

@@ -29,6 +29,7 @@ pub mod policy;
 pub mod reauth;
 pub mod secret;
 pub mod secret_ref;
+pub mod source;
 pub mod store;
 pub mod token;
 pub mod www_authenticate;

@@ -807,3 +807,82 @@ async fn a_rejection_of_a_future_generation_is_refused_without_a_refresh() {
     assert_eq!(token.generation(), 3);
     assert_eq!(idp.stats().refresh_calls, 2);
 }
+
+/// A token source (what renews a `grant = "session"` credential) counts its calls.
+#[derive(Debug, Default)]
+struct CountingSource {
+    calls: AtomicU64,
+}
+
+#[async_trait]
+impl authkeeper_core::source::TokenSource for CountingSource {
+    async fn fetch(
+        &self,
+        _current: Option<&TokenSet>,
+        _now: Timestamp,
+    ) -> Result<TokenResponse, authkeeper_core::error::RefreshError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let body = format!(
+            r#"{{"access_token":"session-token-{n}","token_type":"Bearer","expires_in":60}}"#
+        );
+        Ok(TokenResponse::parse_tokens(body.as_bytes()).expect("tokens"))
+    }
+}
+
+/// A session-backed credential needs nothing stored: its first token comes from the source, and
+/// 40 callers on two Keepers sharing a store cause one fetch per expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_is_called_once_per_expiry_across_keepers() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
+    let source = Arc::new(CountingSource::default());
+    let settings = CredentialSettings {
+        client: OAuthClientConfig {
+            endpoint: Endpoint::TokenUrl("session://portal/alice".parse().expect("url")),
+            client_id: String::new(),
+            client_secret: None,
+            auth: ClientAuth::None,
+            scopes: Vec::new(),
+            audience: None,
+            extra_params: Vec::new(),
+            timeout: Duration::from_secs(5),
+            proxy: None,
+        },
+        grant: GrantKind::Session,
+        policy: RefreshPolicy::default(),
+        expiry: ExpiryDefaults::default(),
+        heartbeat: false,
+    };
+    let keeper = || {
+        Keeper::builder(Arc::clone(&store), Arc::clone(&shared))
+            .settings(KeeperSettings {
+                background_refresh: false,
+                ..KeeperSettings::default()
+            })
+            .credential(cred("portal-api"), settings.clone())
+            .token_source(cred("portal-api"), source.clone())
+            .build()
+            .expect("keeper")
+    };
+    let (a, b) = (keeper(), keeper());
+    for round in 1..=3u64 {
+        let mut calls = Vec::new();
+        for i in 0..40 {
+            let keeper = if i % 2 == 0 { a.clone() } else { b.clone() };
+            calls.push(tokio::spawn(async move {
+                keeper.token("portal-api", Duration::ZERO).await
+            }));
+        }
+        for call in calls {
+            let token = call.await.expect("task").expect("token");
+            assert_eq!(
+                token.secret().expose_secret(),
+                format!("session-token-{round}")
+            );
+        }
+        assert_eq!(source.calls.load(Ordering::SeqCst), round);
+        clock.advance(Duration::from_secs(61));
+    }
+}

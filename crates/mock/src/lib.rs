@@ -36,6 +36,7 @@ pub mod forward_proxy;
 mod login;
 pub mod login_app;
 mod serve;
+pub mod spa;
 mod state;
 mod token_endpoint;
 mod tokens;
@@ -51,6 +52,7 @@ pub use crate::discovery::document as discovery_document;
 pub use crate::error::MockError;
 pub use crate::forward_proxy::{ForwardProxy, ForwardProxyOptions, ProxyStats};
 pub use crate::login_app::{LoginApp, LoginAppConfig, LoginAppStats};
+pub use crate::spa::{SpaApp, SpaConfig, SpaStats};
 pub use crate::state::{GrantInfo, IdpState, Stats};
 
 /// The axum router of the mock IdP over `state`, for embedding in another server.

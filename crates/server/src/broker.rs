@@ -104,20 +104,61 @@ impl BrokerConfig {
     }
 }
 
-/// The upstreams of every credential with an `upstream` URL, with their egress proxies.
+/// The upstreams of every credential with an `upstream` URL, with their egress proxies. A
+/// credential backed by a browser session (`grant = "session"`) goes out like its session:
+/// through the account's proxy (unless it names its own) with the session's `User-Agent` and
+/// `Accept-Language`; `sessions` is the pool holding those sessions.
 pub fn upstreams_from(
     credentials: &BTreeMap<CredentialName, CredentialConfig>,
+    sessions: Option<&authkeeper_session::SessionPool>,
 ) -> Result<HashMap<String, Upstream>, authkeeper_core::config::ConfigError> {
     let mut upstreams = HashMap::new();
     for (name, config) in credentials {
-        if let Some(base) = config.upstream.clone() {
-            let upstream = Upstream {
-                base,
-                inject: config.inject.clone(),
-                egress: config.egress(name.as_str())?,
+        let Some(base) = config.upstream.clone() else {
+            continue;
+        };
+        let mut upstream = Upstream {
+            base,
+            inject: config.inject.clone(),
+            egress: config.egress(name.as_str())?,
+            headers: Vec::new(),
+        };
+        if let (authkeeper_core::grant::GrantKind::Session, Some(pool), Some(site), Some(account)) =
+            (config.grant, sessions, &config.site, &config.account)
+        {
+            let invalid = |message: String| authkeeper_core::config::ConfigError::Invalid {
+                name: name.to_string(),
+                message,
             };
-            upstreams.insert(name.to_string(), upstream);
+            let (identity, proxy) = pool
+                .identity_and_proxy(site, account)
+                .map_err(|e| invalid(e.to_string()))?;
+            if upstream.egress.is_none()
+                && let Some(proxy) = proxy
+            {
+                upstream.egress = Some(
+                    authkeeper_core::egress::ProxyUrl::parse(&proxy)
+                        .map_err(|e| invalid(format!("the account's proxy: {e}")))?,
+                );
+            }
+            if let Some(identity) = identity {
+                if let Some(user_agent) = identity
+                    .user_agent
+                    .as_deref()
+                    .and_then(|ua| http::HeaderValue::from_str(ua).ok())
+                {
+                    upstream
+                        .headers
+                        .push((http::header::USER_AGENT, user_agent));
+                }
+                if let Ok(language) = http::HeaderValue::from_str(&identity.accept_language()) {
+                    upstream
+                        .headers
+                        .push((http::header::ACCEPT_LANGUAGE, language));
+                }
+            }
         }
+        upstreams.insert(name.to_string(), upstream);
     }
     Ok(upstreams)
 }

@@ -82,6 +82,9 @@ pub struct Upstream {
     pub inject: InjectConfig,
     /// The credential's egress proxy: every request to `base` goes through it.
     pub egress: Option<authkeeper_core::egress::ProxyUrl>,
+    /// Headers set on every upstream request, replacing the caller's (a session credential's
+    /// `User-Agent` and `Accept-Language`: one identity towards the site).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// Why the proxy could not be built. Never contains a secret.
@@ -260,6 +263,9 @@ impl Proxy {
             Injection::Query(_) => None,
         };
         headers::prepare_request(&mut headers, &route.host, injected, caller);
+        for (name, value) in &route.headers {
+            headers.insert(name.clone(), value.clone());
+        }
         let body = body::read_for_replay(body, self.inner.config.replay_limit, declared_len)
             .await
             .map_err(|_| {

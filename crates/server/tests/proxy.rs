@@ -124,6 +124,7 @@ impl Env {
 
 fn upstream(base: &str) -> Upstream {
     Upstream {
+        headers: Vec::new(),
         egress: None,
         base: base.parse().expect("url"),
         inject: InjectConfig::default(),
@@ -646,6 +647,7 @@ async fn headers_are_cleaned_and_the_credential_injected_three_ways() {
             (
                 "keyed",
                 Upstream {
+                    headers: Vec::new(),
                     egress: None,
                     base: echo_url.parse().expect("url"),
                     inject: InjectConfig {
@@ -657,6 +659,7 @@ async fn headers_are_cleaned_and_the_credential_injected_three_ways() {
             (
                 "query",
                 Upstream {
+                    headers: Vec::new(),
                     egress: None,
                     base: echo_url.parse().expect("url"),
                     inject: InjectConfig {

@@ -169,7 +169,11 @@ impl Chromium {
             ])
             .arg(format!("--user-data-dir={}", profile.display()));
         if let Some(proxy) = &proxy {
-            command.arg(format!("--proxy-server={}", proxy.server));
+            // Everything through the proxy, loopback included: a session's egress is part of
+            // its identity (Chromium bypasses proxies for loopback unless told not to).
+            command
+                .arg(format!("--proxy-server={}", proxy.server))
+                .arg("--proxy-bypass-list=<-loopback>");
         }
         command
             .args(&options.extra_args)

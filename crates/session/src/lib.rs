@@ -9,10 +9,12 @@
 //! - [`model`]: the stored session record and lease outcomes.
 //! - [`login`]: how a session is created: a recipe in headless Chromium ([`recipe`], [`browser`])
 //!   or an external command.
+//! - [`bearer`]: credentials backed by a browser session (`grant = "session"`).
 //! - [`pool`]: leases over a [`authkeeper_core::Store`]: exclusive across processes and replicas.
 
 #![warn(missing_docs)]
 
+pub mod bearer;
 #[cfg(feature = "browser")]
 pub mod browser;
 pub mod config;

@@ -63,11 +63,13 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
         }
         _ => {}
     });
+    let sessions = context.session_pool(store.clone())?;
     let keeper = context.keeper_with_sinks(
         store.clone(),
         &[&args.name],
         KeeperSettings::default(),
         vec![sink],
+        sessions.as_ref(),
     )?;
     let first = keeper.token(&args.name, Duration::ZERO).await?;
     let dir = RuntimeDir::create()?;
@@ -80,7 +82,14 @@ pub async fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode
     let key = NewKey::generate();
     let broker = Broker::start(
         keeper.clone(),
-        private_broker(&context, store.clone(), &args.name, &task, &key)?,
+        private_broker(
+            &context,
+            store.clone(),
+            &args.name,
+            &task,
+            &key,
+            sessions.as_deref(),
+        )?,
     )
     .await
     .context("cannot start the private broker for the child")?;
@@ -145,6 +154,7 @@ fn private_broker(
     name: &str,
     task: &str,
     key: &NewKey,
+    sessions: Option<&authkeeper_session::SessionPool>,
 ) -> anyhow::Result<BrokerConfig> {
     let mut credentials = context.config.credentials.clone();
     credentials.retain(|configured, _| configured == name);
@@ -165,7 +175,7 @@ fn private_broker(
                 Permission::Checkpoints,
             ]),
         }],
-        upstreams: upstreams_from(&credentials)?,
+        upstreams: upstreams_from(&credentials, sessions)?,
         metrics: None,
         heartbeat: true,
         readiness_probe: None,

@@ -42,8 +42,14 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
     if let Some(notifier) = notifier(&context)? {
         sinks.push(notifier);
     }
-    let keeper =
-        context.keeper_with_sinks(backend.shared(), &[], KeeperSettings::default(), sinks)?;
+    let sessions = context.session_pool(backend.shared())?;
+    let keeper = context.keeper_with_sinks(
+        backend.shared(),
+        &[],
+        KeeperSettings::default(),
+        sinks,
+        sessions.as_ref(),
+    )?;
     let (readiness_probe, propagation) = match &backend {
         OpenedStore::Redis(redis) => {
             let probe: Arc<dyn ReadinessProbe> = Arc::new(RedisReadiness(redis.clone()));
@@ -54,13 +60,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         }
         OpenedStore::Sqlite(_) => (None, None),
     };
-    let sessions = context.session_pool(backend.shared())?;
     let session_maintenance = sessions.as_ref().map(|_| maintenance_interval(&context));
     let config = BrokerConfig {
         server,
         records: backend.shared(),
         clients: context.config.clients.clone(),
-        upstreams: upstreams_from(&context.config.credentials)?,
+        upstreams: upstreams_from(&context.config.credentials, sessions.as_deref())?,
         metrics: Some(metrics),
         heartbeat: true,
         readiness_probe,

@@ -16,6 +16,7 @@ use crate::events::SharedSink;
 use crate::grant::OAuthClient;
 use crate::name::CredentialName;
 use crate::reauth::Reauthenticator;
+use crate::source::TokenSource;
 use crate::store::{CredentialStore, StoreError};
 
 /// Builds a [`Keeper`].
@@ -27,6 +28,7 @@ pub struct KeeperBuilder {
     sinks: Vec<SharedSink>,
     http: Option<reqwest::Client>,
     reauth: Option<Arc<dyn Reauthenticator>>,
+    sources: HashMap<CredentialName, Arc<dyn TokenSource>>,
 }
 
 impl KeeperBuilder {
@@ -39,7 +41,14 @@ impl KeeperBuilder {
             sinks: Vec::new(),
             http: None,
             reauth: None,
+            sources: HashMap::new(),
         }
+    }
+
+    /// Gets `name`'s tokens from `source` instead of a token endpoint (`grant = "session"`).
+    pub fn token_source(mut self, name: CredentialName, source: Arc<dyn TokenSource>) -> Self {
+        self.sources.insert(name, source);
+        self
     }
 
     /// Adds a credential.
@@ -114,13 +123,14 @@ impl KeeperBuilder {
                 },
             };
             let client = OAuthClient::new(settings.client.clone(), http);
+            let source = self.sources.get(&name).cloned();
             let breaker = Arc::clone(breakers.entry(client.endpoint_key()).or_insert_with(|| {
                 Arc::new(CircuitBreaker::new(
                     self.settings.breaker_threshold,
                     self.settings.backoff,
                 ))
             }));
-            let entry = Entry::new(name.clone(), settings, client, breaker);
+            let entry = Entry::new(name.clone(), settings, client, source, breaker);
             entries.insert(name, Arc::new(entry));
         }
         let owner = format!(

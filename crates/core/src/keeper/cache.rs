@@ -23,7 +23,13 @@ impl Keeper {
                 self.install(entry, record);
                 Ok(())
             }
-            None if entry.settings.grant == GrantKind::ClientCredentials => Ok(()),
+            None if matches!(
+                entry.settings.grant,
+                GrantKind::ClientCredentials | GrantKind::Session
+            ) =>
+            {
+                Ok(())
+            }
             None => Err(KeeperError::NotStored(entry.name.to_string())),
         }
     }

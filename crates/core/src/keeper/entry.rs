@@ -59,6 +59,8 @@ pub(super) struct Entry {
     pub(super) name: CredentialName,
     pub(super) settings: CredentialSettings,
     pub(super) client: OAuthClient,
+    /// Where tokens come from instead of the token endpoint (`grant = "session"`).
+    pub(super) source: Option<Arc<dyn crate::source::TokenSource>>,
     pub(super) breaker: Arc<CircuitBreaker>,
     pub(super) current: ArcSwapOption<Current>,
     /// Single-flight: held while loading or refreshing.
@@ -76,12 +78,14 @@ impl Entry {
         name: CredentialName,
         settings: CredentialSettings,
         client: OAuthClient,
+        source: Option<Arc<dyn crate::source::TokenSource>>,
         breaker: Arc<CircuitBreaker>,
     ) -> Entry {
         Entry {
             name,
             settings,
             client,
+            source,
             breaker,
             current: ArcSwapOption::empty(),
             flight: tokio::sync::Mutex::new(()),

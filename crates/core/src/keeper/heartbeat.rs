@@ -58,7 +58,13 @@ impl Keeper {
                 }
                 let due = match entry.current.load().as_ref() {
                     Some(current) => current.schedule.refresh_due_at,
-                    None if entry.settings.grant == GrantKind::ClientCredentials => now,
+                    None if matches!(
+                        entry.settings.grant,
+                        GrantKind::ClientCredentials | GrantKind::Session
+                    ) =>
+                    {
+                        now
+                    }
                     None => continue,
                 };
                 let not_before = entry.retry_not_before.load(Ordering::Acquire);

@@ -125,8 +125,9 @@ impl Keeper {
             .as_ref()
             .and_then(|c| c.tokens.refresh_token.clone());
         let request = match (entry.settings.grant, &refresh_token) {
-            (GrantKind::ClientCredentials, _) => GrantRequest::ClientCredentials,
-            (GrantKind::RefreshToken, Some(token)) => GrantRequest::RefreshToken(token),
+            (GrantKind::Session, _) => None,
+            (GrantKind::ClientCredentials, _) => Some(GrantRequest::ClientCredentials),
+            (GrantKind::RefreshToken, Some(token)) => Some(GrantRequest::RefreshToken(token)),
             (GrantKind::RefreshToken, None) => {
                 entry.breaker.record_success();
                 return self
@@ -145,9 +146,26 @@ impl Keeper {
             Err(error) => return self.serve_or(entry, need, error),
         };
         let started = tokio::time::Instant::now();
-        let outcome = self
-            .renewing(entry, lease, entry.client.request(&request, now))
-            .await;
+        let current = start.previous.as_ref().map(|c| &c.tokens);
+        let outcome = match (&request, &entry.source) {
+            (Some(request), _) => {
+                self.renewing(entry, lease, entry.client.request(request, now))
+                    .await
+            }
+            (None, Some(source)) => {
+                self.renewing(entry, lease, source.fetch(current, now))
+                    .await
+            }
+            (None, None) => Err(RefreshError::Source {
+                class: ErrorClass::Configuration,
+                cause: "no_source".into(),
+                message: format!(
+                    "credential `{}` has grant = \"session\" but nothing renews it (no site pool)",
+                    entry.name
+                ),
+                retry_after: None,
+            }),
+        };
         let latency = started.elapsed();
         match outcome {
             Ok(response) => {
@@ -228,10 +246,16 @@ impl Keeper {
                     previous: entry.current.load_full(),
                 })
             }
-            None if entry.settings.grant == GrantKind::ClientCredentials => Step::Go(Start {
-                generation: 0,
-                previous: None,
-            }),
+            None if matches!(
+                entry.settings.grant,
+                GrantKind::ClientCredentials | GrantKind::Session
+            ) =>
+            {
+                Step::Go(Start {
+                    generation: 0,
+                    previous: None,
+                })
+            }
             None => Step::Done(Err(KeeperError::NotStored(entry.name.to_string()))),
         }
     }

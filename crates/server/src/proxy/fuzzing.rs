@@ -27,6 +27,7 @@ pub fn run(
     location: &[u8],
 ) -> Option<Outcome> {
     let upstream = Upstream {
+        headers: Vec::new(),
         egress: None,
         base: base.parse().ok()?,
         inject: InjectConfig {

@@ -56,6 +56,8 @@ pub(crate) struct Route {
     pub(crate) injection: Injection,
     /// `/proxy/{name}`: where the upstream's base lives for the caller.
     caller_prefix: String,
+    /// Headers set on every request (see [`Upstream::headers`]).
+    pub(crate) headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Route {
@@ -113,6 +115,7 @@ impl Route {
             host,
             injection,
             caller_prefix: format!("/proxy/{name}"),
+            headers: upstream.headers.clone(),
         })
     }
 
@@ -371,6 +374,7 @@ mod tests {
 
     fn route(base: &str, inject: InjectConfig) -> Route {
         let upstream = Upstream {
+            headers: Vec::new(),
             egress: None,
             base: base.parse().expect("url"),
             inject,
@@ -509,6 +513,7 @@ mod tests {
     fn bad_upstreams_are_refused() {
         for base in ["ftp://h/", "http://u:p@h/", "http://h/?q=1"] {
             let upstream = Upstream {
+                headers: Vec::new(),
                 egress: None,
                 base: base.parse().expect("url"),
                 inject: InjectConfig::default(),
@@ -516,6 +521,7 @@ mod tests {
             assert!(Route::new("crm", &upstream).is_err(), "{base}");
         }
         let upstream = Upstream {
+            headers: Vec::new(),
             egress: None,
             base: "http://h/".parse().expect("url"),
             inject: InjectConfig {

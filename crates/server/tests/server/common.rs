@@ -109,6 +109,7 @@ pub async fn start(knobs: Knobs, server: Option<ServerConfig>) -> TestBroker {
     upstreams.insert(
         "crm".to_owned(),
         authkeeper_server::proxy::Upstream {
+            headers: Vec::new(),
             egress: None,
             base: config.upstream.clone().expect("upstream"),
             inject: config.inject.clone(),

@@ -131,6 +131,7 @@ async fn start(hook_url: &str) -> (Fixture, String) {
     upstreams.insert(
         "crm".to_owned(),
         authkeeper_server::proxy::Upstream {
+            headers: Vec::new(),
             egress: None,
             base: config.upstream.clone().unwrap(),
             inject: config.inject.clone(),

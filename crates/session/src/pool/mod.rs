@@ -347,6 +347,33 @@ impl SessionPool {
         .await
     }
 
+    /// The identity and the resolved proxy URL of `account`'s first session at `site` (what a
+    /// credential backed by that session presents to its API).
+    pub fn identity_and_proxy(
+        &self,
+        site: &str,
+        account: &str,
+    ) -> Result<(Option<crate::identity::Identity>, Option<String>), LeaseError> {
+        let site = self.site(site)?;
+        let Some(config) = site.config.account(account) else {
+            return Err(LeaseError::UnknownAccount {
+                site: site.name.to_string(),
+                account: account.to_owned(),
+            });
+        };
+        let id = slot_id(&config.name, 0)?;
+        let identity = site
+            .config
+            .identity
+            .identity_for(&format!("{}/{id}", site.name), &config.identity);
+        Ok((identity, resolve_proxy(site, config)?))
+    }
+
+    /// The configuration of site `name`.
+    pub fn site_config(&self, name: &str) -> Option<&crate::config::SiteConfig> {
+        self.sites.get(name).map(|site| &site.config)
+    }
+
     fn site(&self, name: &str) -> Result<&Site, LeaseError> {
         self.sites
             .get(name)
