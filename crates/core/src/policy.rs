@@ -14,6 +14,9 @@ use crate::token::TokenSet;
 /// The largest share of a token's lifetime used as clock-skew margin.
 const MAX_SKEW_SHARE: f64 = 0.1;
 
+/// The largest share of a token's lifetime taken off its hand-out window for delivery time.
+pub const MAX_DELIVERY_SHARE: f64 = 0.25;
+
 /// The smallest clock-skew margin for lifetimes of at least four seconds.
 const MIN_SKEW: Duration = Duration::from_secs(1);
 
@@ -68,8 +71,22 @@ impl RefreshPolicy {
 
     /// The schedule of a token set stored as `generation` of credential `name`.
     pub fn schedule(&self, name: &str, generation: u64, tokens: &TokenSet) -> Schedule {
+        self.schedule_with_margin(name, generation, tokens, Duration::ZERO)
+    }
+
+    /// The schedule when handed-out tokens need `delivery_margin` more to reach their API
+    /// (learned from tokens that expired in flight): it is taken off the hand-out window, at
+    /// most [`MAX_DELIVERY_SHARE`] of the lifetime, and the refresh is due no later than that.
+    pub fn schedule_with_margin(
+        &self,
+        name: &str,
+        generation: u64,
+        tokens: &TokenSet,
+        delivery_margin: Duration,
+    ) -> Schedule {
         let lifetime = tokens.lifetime();
-        let usable_until = tokens.expires_at - self.effective_skew(lifetime);
+        let delivery = delivery_margin.min(lifetime.mul_f64(MAX_DELIVERY_SHARE));
+        let usable_until = tokens.expires_at - self.effective_skew(lifetime) - delivery;
         let planned = tokens.issued_at + lifetime.mul_f64(self.refresh_at);
         let jitter = lifetime.mul_f64(self.jitter * unit_fraction(name, generation));
         let refresh_due_at = (planned - jitter).min(usable_until);
@@ -191,6 +208,18 @@ mod tests {
             policy.schedule("c1", 7, &set),
             policy.schedule("c1", 7, &set)
         );
+    }
+
+    #[test]
+    fn delivery_margin_shortens_the_hand_out_window_up_to_a_quarter() {
+        let policy = RefreshPolicy::default();
+        let set = tokens(0, 2_000);
+        let plain = policy.schedule("t", 1, &set);
+        let margin = policy.schedule_with_margin("t", 1, &set, Duration::from_millis(300));
+        assert_eq!(plain.usable_until.millis_since(margin.usable_until), 300);
+        assert!(margin.refresh_due_at <= margin.usable_until);
+        let capped = policy.schedule_with_margin("t", 1, &set, Duration::from_secs(60));
+        assert_eq!(plain.usable_until.millis_since(capped.usable_until), 500);
     }
 
     #[test]

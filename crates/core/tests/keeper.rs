@@ -886,3 +886,64 @@ async fn a_token_source_is_called_once_per_expiry_across_keepers() {
         clock.advance(Duration::from_secs(61));
     }
 }
+
+#[tokio::test]
+async fn a_token_that_expired_in_flight_moves_the_hand_out_window_earlier() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(10_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = api_keeper(&idp, store.clone(), shared, None);
+    let first = keeper.token("api", Duration::ZERO).await.expect("token");
+    // 10 s tokens are handed out until 1 s (the skew margin) before expiry. This one was used
+    // after that point: the API refused it, the report comes at 9.5 s.
+    clock.advance(Duration::from_millis(9_500));
+    let second = keeper
+        .rejected("api", first.generation())
+        .await
+        .expect("refreshed");
+    assert_eq!(second.generation(), 2);
+    // A second late report of the same generation (another worker) doubles the margin, 200 ms.
+    let again = keeper.rejected("api", 1).await.expect("current");
+    assert_eq!(again.generation(), 2);
+    assert_eq!(
+        idp.stats().refresh_calls,
+        1,
+        "late reports are no refreshes"
+    );
+    // Generation 2 (issued at 9.5 s, expiring at 19.5 s) is no longer handed out at 18.35 s,
+    // where the plain window (until 18.5 s) still would.
+    clock.advance(Duration::from_millis(8_850));
+    assert!(keeper.cached_token("api", Duration::ZERO).is_none());
+    let third = keeper.token("api", Duration::ZERO).await.expect("token");
+    assert_eq!(third.generation(), 3);
+    assert_eq!(
+        idp.stats().refresh_calls,
+        2,
+        "still one call per generation"
+    );
+}
+
+#[tokio::test]
+async fn a_rejection_answers_with_a_token_that_is_not_about_to_expire() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let idp = start_idp(Arc::clone(&shared), knobs(10_000)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    import_grant(&idp, &*store, "api", clock.now()).await;
+    let keeper = api_keeper(&idp, store.clone(), shared, None);
+    let first = keeper.token("api", Duration::ZERO).await.expect("token");
+    clock.advance(Duration::from_millis(3_000));
+    let second = keeper
+        .rejected("api", first.generation())
+        .await
+        .expect("new");
+    assert_eq!(second.generation(), 2);
+    // Generation 2 (issued at 3 s) is at the end of its window at 12.5 s when a late report
+    // of generation 1 arrives: answering with generation 2 would fail the retry again.
+    clock.advance(Duration::from_millis(9_500));
+    let third = keeper.rejected("api", 1).await.expect("refreshed");
+    assert_eq!(third.generation(), 3);
+    assert_eq!(idp.stats().refresh_calls, 2);
+}

@@ -64,18 +64,76 @@ impl Keeper {
             });
         }
         if record.generation > cached || entry.current.load().is_none() {
-            let schedule =
-                entry
-                    .settings
-                    .policy
-                    .schedule(&entry.name, record.generation, &record.tokens);
+            let previous = entry
+                .current
+                .load()
+                .as_ref()
+                .map(|old| (old.generation, old.tokens.expires_at));
+            let margin = if previous.is_some() {
+                entry.next_generation_margin()
+            } else {
+                entry.delivery_margin()
+            };
+            let schedule = entry.settings.policy.schedule_with_margin(
+                &entry.name,
+                record.generation,
+                &record.tokens,
+                margin,
+            );
             entry.current.store(Some(Arc::new(Current {
                 generation: record.generation,
                 tokens: record.tokens,
                 schedule,
+                previous,
             })));
             self.inner.schedule_changed.notify_one();
         }
+    }
+
+    /// An API rejected the token of `generation`: if it had reached the end of its hand-out
+    /// window by now, it expired between hand-out and use, so the credential's delivery margin
+    /// grows and the cached generation's schedule is redrawn with it (no token-endpoint call).
+    pub(super) fn judge_rejection(&self, entry: &Entry, generation: u64) {
+        let Some(current) = entry.current.load_full() else {
+            return;
+        };
+        let expired_at = if current.generation == generation {
+            Some(current.tokens.expires_at)
+        } else {
+            current
+                .previous
+                .filter(|(previous, _)| *previous == generation)
+                .map(|(_, expires_at)| expires_at)
+        };
+        let Some(expires_at) = expired_at else {
+            return;
+        };
+        let policy = &entry.settings.policy;
+        let lifetime = current.schedule.lifetime;
+        let now = self.now();
+        if now < expires_at - policy.effective_skew(lifetime) {
+            return; // refused well before expiry: revoked, not late
+        }
+        let margin = entry.learn_late_delivery(lifetime);
+        tracing::info!(
+            credential = %entry.name,
+            generation,
+            delivery_margin_ms = margin.as_millis() as u64,
+            "a token expired between hand-out and use; handing tokens out earlier"
+        );
+        let redrawn = Arc::new(Current {
+            generation: current.generation,
+            tokens: current.tokens.clone(),
+            schedule: policy.schedule_with_margin(
+                &entry.name,
+                current.generation,
+                &current.tokens,
+                margin,
+            ),
+            previous: current.previous,
+        });
+        let _ = entry.current.compare_and_swap(&current, Some(redrawn));
+        self.inner.schedule_changed.notify_one();
     }
 
     /// Decides whether a refresh may be attempted now; `Some(error)` when not.

@@ -1,7 +1,7 @@
 //! The runtime state of one credential: its cached generation, single-flight lock, status and
 //! what a caller needs from a refresh.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,13 @@ pub(super) struct Current {
     pub(super) generation: u64,
     pub(super) tokens: TokenSet,
     pub(super) schedule: Schedule,
+    /// The generation this one replaced and when its token expired, so that a late report of
+    /// it being rejected can still be judged (expired in flight, or refused early).
+    pub(super) previous: Option<(u64, Timestamp)>,
 }
+
+/// The smallest growth of the delivery margin after a token expired in flight.
+pub(super) const MIN_DELIVERY_STEP: Duration = Duration::from_millis(100);
 
 /// What a caller needs from a refresh.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +75,11 @@ pub(super) struct Entry {
     pub(super) proactive_pending: AtomicBool,
     /// No proactive attempt before this time (millis), mirrors `status.next_attempt_at`.
     pub(super) retry_not_before: AtomicI64,
+    /// Learned time (millis) a handed-out token needs to reach its API, taken off the hand-out
+    /// window: see [`Entry::learn_late_delivery`].
+    delivery_margin_ms: AtomicU64,
+    /// A token of the cached generation was reported as expired in flight.
+    late_this_generation: AtomicBool,
     status: Mutex<CredentialStatus>,
 }
 
@@ -91,8 +102,50 @@ impl Entry {
             flight: tokio::sync::Mutex::new(()),
             proactive_pending: AtomicBool::new(false),
             retry_not_before: AtomicI64::new(i64::MIN),
+            delivery_margin_ms: AtomicU64::new(0),
+            late_this_generation: AtomicBool::new(false),
             status: Mutex::new(CredentialStatus::default()),
         }
+    }
+
+    /// The learned delivery margin.
+    pub(super) fn delivery_margin(&self) -> Duration {
+        Duration::from_millis(self.delivery_margin_ms.load(Ordering::Acquire))
+    }
+
+    /// A token expired between hand-out and use: double the delivery margin (at least
+    /// [`MIN_DELIVERY_STEP`]; the schedule caps it at a quarter of the lifetime). Returns the
+    /// new margin.
+    pub(super) fn learn_late_delivery(&self, lifetime: Duration) -> Duration {
+        self.late_this_generation.store(true, Ordering::Release);
+        let cap = u64::try_from(
+            lifetime
+                .mul_f64(crate::policy::MAX_DELIVERY_SHARE)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let step = u64::try_from(MIN_DELIVERY_STEP.as_millis()).unwrap_or(u64::MAX);
+        let updated = self
+            .delivery_margin_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(old.saturating_mul(2).max(step).min(cap))
+            })
+            .map_or(0, |old| old.saturating_mul(2).max(step).min(cap));
+        Duration::from_millis(updated)
+    }
+
+    /// A new generation is cached: after a generation without late deliveries the margin
+    /// decays slowly (2% per generation), so that a burst of slowness does not shorten the
+    /// hand-out window forever, yet a steady delay keeps it.
+    pub(super) fn next_generation_margin(&self) -> Duration {
+        if !self.late_this_generation.swap(false, Ordering::AcqRel) {
+            let _ =
+                self.delivery_margin_ms
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                        (old > 0).then(|| if old < 20 { 0 } else { old * 49 / 50 })
+                    });
+        }
+        self.delivery_margin()
     }
 
     /// The status this process last saw.

@@ -278,6 +278,7 @@ impl Keeper {
                 });
             }
         }
+        self.judge_rejection(entry, generation);
         let current_generation = entry.generation();
         if current_generation > generation {
             self.emit(Event::Rejected {
@@ -285,9 +286,16 @@ impl Keeper {
                 generation,
                 refreshed: false,
             });
-            if let Some(current) = entry.current.load_full() {
+            if let Some(current) = entry.current.load_full()
+                && current.schedule.serves(self.now(), Duration::ZERO)
+            {
                 return Ok(Token { current });
             }
+            // The newer generation is itself at the end of its hand-out window: a retry with
+            // it would fail the same way.
+            return self
+                .refresh(entry, Need::Serves(Duration::ZERO), Trigger::Rejected)
+                .await;
         }
         let need = Need::NewerThan(current_generation);
         let result = self.refresh(entry, need, Trigger::Rejected).await;
