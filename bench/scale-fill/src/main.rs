@@ -12,7 +12,7 @@ use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use authkeeper_core::{Clock as _, ExpiryDefaults, Store as _, SystemClock, TokenResponse};
+use authkeeper_core::{Clock as _, CredentialName, ExpiryDefaults, SystemClock, TokenResponse};
 use authkeeper_store::{KeySettings, SqliteStore};
 use serde::Deserialize;
 
@@ -38,6 +38,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn fill(path: PathBuf) -> anyhow::Result<()> {
+    /// Stores in flight at once: the store's group commit makes them share fsyncs.
+    const CONCURRENCY: usize = 64;
     let settings = KeySettings::from_env(None);
     anyhow::ensure!(
         settings.env_key.is_some(),
@@ -45,35 +47,49 @@ async fn fill(path: PathBuf) -> anyhow::Result<()> {
     );
     let (store, _) = SqliteStore::open_with_settings(&path, &settings)
         .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store = std::sync::Arc::new(store);
     let clock = SystemClock::new();
     let defaults = ExpiryDefaults::default();
     let stdin = std::io::stdin().lock();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (number, line) in stdin.lines().enumerate() {
-        let line = line.context("cannot read stdin")?;
-        if line.trim().is_empty() {
-            continue;
+    let mut pending = tokio::task::JoinSet::new();
+    let mut lines = stdin.lines().enumerate();
+    loop {
+        while pending.len() < CONCURRENCY {
+            let Some((number, line)) = lines.next() else {
+                break;
+            };
+            let line = line.context("cannot read stdin")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_str(&line)
+                .with_context(|| format!("line {}: not {{\"name\", \"response\"}}", number + 1))?;
+            let name = CredentialName::new(&line.name)
+                .with_context(|| format!("line {}: invalid name", number + 1))?;
+            let body = serde_json::to_vec(&line.response)?;
+            let response = TokenResponse::parse_tokens(&body)
+                .with_context(|| format!("line {}: not a usable token response", number + 1))?;
+            let now = clock.now();
+            let tokens = response.into_token_set(now, &defaults);
+            let store = std::sync::Arc::clone(&store);
+            pending.spawn(async move {
+                let generation = authkeeper_core::store::import(&*store, &name, &tokens, now)
+                    .await
+                    .with_context(|| format!("cannot store `{name}`"))?;
+                Ok::<_, anyhow::Error>(serde_json::json!({
+                    "name": name.as_str(),
+                    "generation": generation,
+                    "issued_at_ms": tokens.issued_at.as_millis(),
+                    "expires_at_ms": tokens.expires_at.as_millis(),
+                }))
+            });
         }
-        let line: Line = serde_json::from_str(&line)
-            .with_context(|| format!("line {}: not {{\"name\", \"response\"}}", number + 1))?;
-        let body = serde_json::to_vec(&line.response)?;
-        let response = TokenResponse::parse_tokens(&body)
-            .with_context(|| format!("line {}: not a usable token response", number + 1))?;
-        let now = clock.now();
-        let tokens = response.into_token_set(now, &defaults);
-        let generation = store
-            .put(&line.name, &tokens, now)
-            .await
-            .with_context(|| format!("cannot store `{}`", line.name))?;
-        serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({
-                "name": line.name,
-                "generation": generation,
-                "issued_at_ms": tokens.issued_at.as_millis(),
-                "expires_at_ms": tokens.expires_at.as_millis(),
-            }),
-        )?;
+        let Some(done) = pending.join_next().await else {
+            break;
+        };
+        let stored = done.context("a store task failed")??;
+        serde_json::to_writer(&mut out, &stored)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

@@ -35,6 +35,71 @@ fn collect_env_references(value: &toml::Value, names: &mut BTreeSet<String>) {
     }
 }
 
+/// The credentials whose tables set `provider` and nothing else but `labels`.
+fn provider_only(raw: &toml::Table) -> BTreeSet<String> {
+    let Some(toml::Value::Table(credentials)) = raw.get("credentials") else {
+        return BTreeSet::new();
+    };
+    credentials
+        .iter()
+        .filter(|(_, table)| {
+            table.as_table().is_some_and(|table| {
+                table.contains_key("provider")
+                    && table.keys().all(|key| key == "provider" || key == "labels")
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Gives every `[credentials.NAME]` table with `provider = "P"` the keys of `[providers.P]` it
+/// does not set itself (a table-valued key such as `login` is taken whole, not merged). An
+/// unknown provider is a configuration error, as is a provider table that sets `provider`.
+fn inherit_providers(raw: &mut toml::Table) -> Result<(), String> {
+    let providers = match raw.get("providers") {
+        Some(toml::Value::Table(providers)) => providers.clone(),
+        Some(_) => return Err("`providers` must be a table of tables".to_owned()),
+        None => return Ok(()),
+    };
+    for (name, provider) in &providers {
+        let Some(provider) = provider.as_table() else {
+            return Err(format!(
+                "provider `{name}` must be a table ([providers.{name}])"
+            ));
+        };
+        if provider.contains_key("provider") || provider.contains_key("labels") {
+            return Err(format!(
+                "provider `{name}`: `provider` and `labels` belong to credentials, not providers"
+            ));
+        }
+    }
+    let Some(toml::Value::Table(credentials)) = raw.get_mut("credentials") else {
+        return Ok(());
+    };
+    for (credential, table) in credentials.iter_mut() {
+        let Some(table) = table.as_table_mut() else {
+            continue; // reported by the typed parse
+        };
+        let Some(provider) = table.get("provider") else {
+            continue;
+        };
+        let Some(provider) = provider.as_str() else {
+            return Err(format!(
+                "credential `{credential}`: `provider` must be a string"
+            ));
+        };
+        let Some(shared) = providers.get(provider).and_then(toml::Value::as_table) else {
+            return Err(format!(
+                "credential `{credential}`: provider `{provider}` is not configured ([providers.{provider}])"
+            ));
+        };
+        for (key, value) in shared {
+            table.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    Ok(())
+}
+
 /// The default config file, looked up in the working directory.
 pub const DEFAULT_CONFIG: &str = "authkeeper.toml";
 
@@ -51,6 +116,10 @@ pub struct Config {
     /// Broker clients and what each may use (`authkeeper serve`).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// What many credentials share, by provider name: any key of a credential table. A
+    /// credential with `provider = "NAME"` inherits every key it does not set itself.
+    #[serde(default)]
+    pub providers: BTreeMap<String, toml::Table>,
     /// Credentials by name.
     #[serde(default)]
     pub credentials: BTreeMap<CredentialName, CredentialConfig>,
@@ -64,6 +133,10 @@ pub struct Config {
     /// inherit them unless `[server] pass_env` lists them).
     #[serde(skip)]
     pub secret_env_vars: BTreeSet<String>,
+    /// Credentials that set nothing but `provider` (and `labels`): they share their provider's
+    /// settings in memory.
+    #[serde(skip)]
+    pub provider_only: BTreeSet<String>,
 }
 
 /// The `[store]` table.
@@ -110,8 +183,8 @@ impl Config {
                     .with_context(|| format!("cannot read config {}", path.display()));
             }
         };
-        let mut config: Config =
-            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let mut config =
+            Config::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
         if let Ok(raw) = text.parse::<toml::Table>() {
             collect_env_references(&toml::Value::Table(raw), &mut config.secret_env_vars);
         }
@@ -121,11 +194,33 @@ impl Config {
         Ok((config, path))
     }
 
+    /// Parses the text of a config file, applying `[providers.NAME]` to the credentials that
+    /// name one (see [`inherit_providers`]).
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let mut raw: toml::Table = toml::from_str(text)?;
+        if !raw.contains_key("providers") {
+            // Parsed from the text, so that errors point at lines.
+            return Ok(toml::from_str(text)?);
+        }
+        let provider_only = provider_only(&raw);
+        inherit_providers(&mut raw).map_err(ConfigurationError)?;
+        let mut config: Config = toml::Value::Table(raw).try_into()?;
+        config.provider_only = provider_only;
+        Ok(config)
+    }
+
     /// Checks the whole file (every section, every URL scheme) without resolving secret
     /// references, and reports every problem at once as a [`ConfigurationError`] (exit 2).
     fn validate(&self) -> Result<(), ConfigurationError> {
         let mut problems = Vec::new();
         self.validate_store(&mut problems);
+        for (name, provider) in &self.providers {
+            // Every key of a provider must be a valid credential key.
+            if let Err(error) = toml::Value::Table(provider.clone()).try_into::<CredentialConfig>()
+            {
+                problems.push(format!("provider `{name}`: {}", error.message()));
+            }
+        }
         for (name, credential) in &self.credentials {
             // Resolving checks the secret reference too (variable set, file readable).
             if let Err(error) = credential.resolve(name) {
@@ -278,6 +373,50 @@ mod tests {
             authkeeper_session::login_for(portal, &Default::default()).is_ok(),
             "the recipe is valid"
         );
+    }
+
+    #[test]
+    fn credentials_inherit_their_provider_and_override_it() {
+        let text = r#"
+            [providers.crm]
+            token_url = "https://idp.example.com/oauth/token"
+            client_id = "abc"
+            client_secret = "inline-secret"
+            scopes = ["api.read"]
+            refresh_at = 0.7
+
+            [credentials.alice-crm]
+            provider = "crm"
+            labels = { tenant = "42" }
+            scopes = ["api.write"]
+
+            [credentials.bob-crm]
+            provider = "crm"
+        "#;
+        let config = Config::parse(text).expect("parses");
+        let alice = &config.credentials["alice-crm"];
+        assert_eq!(alice.client_id, "abc");
+        assert_eq!(alice.scopes, ["api.write"], "the credential overrides");
+        assert_eq!(alice.refresh_at, 0.7, "the provider's policy");
+        assert_eq!(alice.provider.as_deref(), Some("crm"));
+        assert_eq!(alice.labels["tenant"], "42");
+        let bob = &config.credentials["bob-crm"];
+        assert_eq!(bob.scopes, ["api.read"]);
+        assert!(
+            bob.resolve(&CredentialName::new("bob-crm").expect("name"))
+                .is_ok()
+        );
+
+        let unknown = Config::parse(
+            "[providers.crm]\nclient_id = \"a\"\n[credentials.x]\nprovider = \"erp\"\n",
+        )
+        .expect_err("unknown provider");
+        assert!(format!("{unknown:#}").contains("provider `erp` is not configured"));
+        let typo = Config::parse(
+            "[providers.crm]\nclient_idd = \"a\"\n[credentials.x]\nprovider = \"crm\"\n",
+        )
+        .expect_err("unknown key");
+        assert!(format!("{typo:#}").contains("client_idd"), "{typo:#}");
     }
 
     #[test]

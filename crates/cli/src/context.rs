@@ -216,9 +216,28 @@ impl Context {
         for sink in sinks {
             builder = builder.event_sink(sink);
         }
+        // Credentials that only name a provider share its resolved settings.
+        let mut shared: std::collections::HashMap<&str, Arc<authkeeper_core::CredentialSettings>> =
+            std::collections::HashMap::new();
         for (name, credential) in &self.config.credentials {
             if names.is_empty() || names.contains(&name.as_str()) {
-                builder = builder.credential(name.clone(), credential.resolve(name)?);
+                let settings = match &credential.provider {
+                    Some(provider)
+                        if self.config.provider_only.contains(name.as_str())
+                            && credential.grant != authkeeper_core::grant::GrantKind::Session =>
+                    {
+                        match shared.get(provider.as_str()) {
+                            Some(settings) => Arc::clone(settings),
+                            None => {
+                                let settings = Arc::new(credential.resolve(name)?);
+                                shared.insert(provider.as_str(), Arc::clone(&settings));
+                                settings
+                            }
+                        }
+                    }
+                    _ => Arc::new(credential.resolve(name)?),
+                };
+                builder = builder.credential_shared(name.clone(), settings);
                 if credential.grant == authkeeper_core::grant::GrantKind::Session {
                     let pool = sessions.ok_or_else(|| {
                         crate::exit::ConfigurationError(format!(

@@ -57,6 +57,13 @@ pub struct SessionRenew {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
+    /// The `[providers.NAME]` whose keys this credential inherits (it sets what it overrides).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Labels to find and authorize the credential by (`labels = { tenant = "42" }`): client keys
+    /// may be scoped to `label:KEY=VALUE` or `label:KEY`, and listings filter by them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// The token endpoint URL (or use `issuer`).
     #[serde(default)]
     pub token_url: Option<Url>,

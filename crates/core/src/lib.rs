@@ -43,6 +43,7 @@ pub use name::{CredentialName, NameError, SiteName, TaskName};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use store::{
     CredentialState, CredentialStatus, CredentialStore, CredentialSummary, Lease, LeaseAttempt,
-    MemoryStore, Precondition, RecordStore, Store, StoreError, StoredCredential, WriteOutcome,
+    MemoryStore, Precondition, RecordStore, RefreshStart, Store, StoreError, StoredCredential,
+    Unfinished, WriteOutcome,
 };
 pub use token::{ExpiryDefaults, TokenResponse, TokenSet};

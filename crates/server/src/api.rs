@@ -17,6 +17,10 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
+use authkeeper_core::name::CredentialName;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::auth::ClientIdentity;
 use crate::authorize::{Authorized, StatusOf, TokenOf};
 use crate::config::Permission;
@@ -252,35 +256,138 @@ fn status_body(state: &AppState, name: &str, summary: Option<&CredentialSummary>
     }
 }
 
-/// `GET /v1/credentials`: the credentials this client may use.
+/// `GET /v1/credentials?provider=&label=&state=&cursor=&limit=`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Credentials per page unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+/// The largest page.
+const MAX_PAGE: usize = 1000;
+
+/// What a page cursor encodes: the last name of the previous page (opaque to clients).
+fn encode_cursor(name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(name)
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let name = String::from_utf8(bytes).ok()?;
+    authkeeper_core::name::is_valid(&name).then_some(name)
+}
+
+/// The summary of `name` from memory when this process holds it, else from the store.
+async fn summary_of(
+    state: &AppState,
+    name: &CredentialName,
+) -> Result<Option<CredentialSummary>, Problem> {
+    if let Some(snapshot) = state.keeper().snapshot(name)
+        && let (true, Some(expires_at)) = (snapshot.generation > 0, snapshot.expires_at)
+    {
+        return Ok(Some(CredentialSummary {
+            name: name.clone(),
+            generation: snapshot.generation,
+            expires_at,
+            status: snapshot.status,
+        }));
+    }
+    let record = state.keeper().store().load(name).await.map_err(|error| {
+        tracing::warn!(credential = %name, error = %error, "store load failed");
+        Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
+            .with_retry_after(Duration::from_secs(1))
+    })?;
+    Ok(record.map(|r| CredentialSummary {
+        name: r.name,
+        generation: r.generation,
+        expires_at: r.tokens.expires_at,
+        status: r.status,
+    }))
+}
+
+/// `GET /v1/credentials`: one page of the credentials this client may use, in name order,
+/// filtered by provider, label (`KEY=VALUE` or `KEY`) and state; `next_cursor` fetches the
+/// next page (absent on the last).
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(client): Extension<ClientIdentity>,
-) -> Response {
-    let summaries = match state.keeper().store().list().await {
-        Ok(summaries) => summaries,
-        Err(error) => {
-            tracing::warn!(error = %error, "store list failed");
-            return Problem::new(ProblemType::StoreUnavailable, "the store did not answer")
-                .with_retry_after(Duration::from_secs(1))
-                .into_response();
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|_| {
+        Problem::invalid_request("malformed provider, label, state, cursor or limit")
+    })?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(_) => {
+            return Err(Problem::invalid_request(format!(
+                "limit must be 1-{MAX_PAGE}"
+            )));
         }
     };
-    let mut names: Vec<&str> = state
-        .keeper()
-        .credential_names()
-        .map(|name| name.as_str())
-        .filter(|name| client.may_use(name))
-        .collect();
-    names.sort_unstable();
-    let credentials: Vec<StatusBody> = names
-        .into_iter()
-        .map(|name| {
-            let summary = summaries.iter().find(|s| s.name == name);
-            status_body(&state, name, summary)
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "credentials": credentials })).into_response()
+    if let Some(wanted) = &query.state
+        && CredentialState::parse(wanted).is_none()
+    {
+        return Err(Problem::invalid_request(
+            "state must be valid, refreshing, backing_off, needs_reauth or disabled",
+        ));
+    }
+    let after = match &query.cursor {
+        None => None,
+        Some(cursor) => Some(
+            decode_cursor(cursor).ok_or_else(|| Problem::invalid_request("malformed cursor"))?,
+        ),
+    };
+    let mut credentials = Vec::new();
+    let mut last = None;
+    for name in state.keeper().credential_names_after(after.as_deref()) {
+        if credentials.len() == limit {
+            break;
+        }
+        let tags = state.tags(name);
+        if !client.may_use(name, tags) {
+            continue;
+        }
+        if let Some(provider) = &query.provider
+            && tags.and_then(|t| t.provider.as_ref()) != Some(provider)
+        {
+            continue;
+        }
+        if let Some(label) = &query.label
+            && !tags.is_some_and(|t| t.has_label(label))
+        {
+            continue;
+        }
+        let summary = summary_of(&state, name).await?;
+        let body = status_body(&state, name, summary.as_ref());
+        last = Some(name.as_str());
+        if query
+            .state
+            .as_deref()
+            .is_some_and(|wanted| wanted != body.state)
+        {
+            continue;
+        }
+        credentials.push(body);
+    }
+    let next_cursor = (credentials.len() == limit)
+        .then(|| last.map(encode_cursor))
+        .flatten();
+    Ok(axum::Json(serde_json::json!({
+        "credentials": credentials,
+        "next_cursor": next_cursor,
+    }))
+    .into_response())
 }
 
 /// `GET /v1/credentials/{name}`.
@@ -317,9 +424,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             .with_retry_after(Duration::from_secs(1))
             .into_response()
     };
-    if !state.readiness().is_warmed_up() {
-        return not_ready(ProblemType::NotReady, "still loading");
-    }
+    // Warm-up is not waited for: a token request for a credential not loaded yet loads it.
     if let Some(probe) = state.readiness_probe() {
         let reason = match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe.check()).await {
             Ok(Ok(())) => None,
@@ -331,7 +436,12 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             return not_ready(ProblemType::StoreUnavailable, "the store is unavailable");
         }
     }
-    match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.keeper().store().list()).await {
+    match tokio::time::timeout(
+        STORE_PROBE_TIMEOUT,
+        state.keeper().store().list_page(None, 1),
+    )
+    .await
+    {
         Ok(Ok(_)) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
         Ok(Err(error)) => {
             tracing::warn!(error = %error, "readiness: store failed");

@@ -55,12 +55,70 @@ enum Allowed {
     Only(HashSet<String>),
 }
 
+/// What identifies a credential besides its name, for client scopes (`provider:NAME`,
+/// `label:KEY=VALUE`, `label:KEY`) and listing filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialTags {
+    /// The `[providers.NAME]` it inherits from.
+    pub provider: Option<String>,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl CredentialTags {
+    /// Whether the labels match `selector`: `KEY=VALUE`, or `KEY` for any value.
+    pub fn has_label(&self, selector: &str) -> bool {
+        match selector.split_once('=') {
+            Some((key, value)) => self.labels.get(key).is_some_and(|v| v == value),
+            None => self.labels.contains_key(selector),
+        }
+    }
+}
+
+/// The credentials a client may use: names, `provider:NAME`, `label:KEY=VALUE` or `label:KEY`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct CredentialScope {
+    all: bool,
+    names: HashSet<String>,
+    providers: HashSet<String>,
+    labels: Vec<String>,
+}
+
+impl CredentialScope {
+    fn new(entries: &[String]) -> Self {
+        let mut scope = CredentialScope::default();
+        for entry in entries {
+            if entry == "*" {
+                scope.all = true;
+            } else if let Some(provider) = entry.strip_prefix("provider:") {
+                scope.providers.insert(provider.to_owned());
+            } else if let Some(label) = entry.strip_prefix("label:") {
+                scope.labels.push(label.to_owned());
+            } else {
+                scope.names.insert(entry.clone());
+            }
+        }
+        scope
+    }
+
+    fn allows(&self, credential: &str, tags: Option<&CredentialTags>) -> bool {
+        self.all
+            || self.names.contains(credential)
+            || tags.is_some_and(|tags| {
+                tags.provider
+                    .as_ref()
+                    .is_some_and(|provider| self.providers.contains(provider))
+                    || self.labels.iter().any(|label| tags.has_label(label))
+            })
+    }
+}
+
 /// An authenticated caller. Carries its name and permissions, never its key.
 #[derive(Clone)]
 pub struct ClientIdentity {
     name: Arc<str>,
     permissions: Permissions,
-    credentials: Arc<Allowed>,
+    credentials: Arc<CredentialScope>,
     checkpoints: Arc<Allowed>,
     sites: Arc<Allowed>,
 }
@@ -76,12 +134,10 @@ impl ClientIdentity {
         self.permissions.contains(permission)
     }
 
-    /// Whether this client may use `credential` (`"*"` in its list allows all).
-    pub fn may_use(&self, credential: &str) -> bool {
-        match &*self.credentials {
-            Allowed::All => true,
-            Allowed::Only(names) => names.contains(credential),
-        }
+    /// Whether this client may use `credential` (`"*"` in its list allows all) with `tags`
+    /// (its provider and labels, for `provider:` and `label:` entries).
+    pub fn may_use(&self, credential: &str, tags: Option<&CredentialTags>) -> bool {
+        self.credentials.allows(credential, tags)
     }
 
     /// Whether this client may lease sessions of browser-session `site` (`"*"` allows all).
@@ -151,11 +207,7 @@ impl ClientKeys {
             {
                 return Err(ClientKeyError::Duplicate(config.name.clone()));
             }
-            let credentials = if config.credentials.iter().any(|c| c == "*") {
-                Allowed::All
-            } else {
-                Allowed::Only(config.credentials.iter().cloned().collect())
-            };
+            let credentials = CredentialScope::new(&config.credentials);
             let checkpoints = if config.checkpoints.iter().any(|c| c == "*") {
                 Allowed::All
             } else {
@@ -298,9 +350,40 @@ mod tests {
             .expect("valid");
         let a = keys.authenticate("ka").expect("a");
         assert_eq!(a.name(), "a");
-        assert!(a.may_use("crm") && !a.may_use("other"));
-        assert!(keys.authenticate("kb").expect("b").may_use("anything"));
+        assert!(a.may_use("crm", None) && !a.may_use("other", None));
+        assert!(
+            keys.authenticate("kb")
+                .expect("b")
+                .may_use("anything", None)
+        );
         assert!(keys.authenticate("kc").is_none());
+    }
+
+    #[test]
+    fn provider_and_label_scopes_match_tags_not_names() {
+        let keys = ClientKeys::new(&[client(
+            "a",
+            "ka",
+            &["provider:crm", "label:tenant=42", "label:vip"],
+        )])
+        .expect("valid");
+        let a = keys.authenticate("ka").expect("a");
+        let tags = |provider: Option<&str>, labels: &[(&str, &str)]| CredentialTags {
+            provider: provider.map(str::to_owned),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(a.may_use("x", Some(&tags(Some("crm"), &[]))));
+        assert!(
+            !a.may_use("crm", Some(&tags(Some("erp"), &[]))),
+            "a name is not a provider"
+        );
+        assert!(a.may_use("x", Some(&tags(None, &[("tenant", "42")]))));
+        assert!(!a.may_use("x", Some(&tags(None, &[("tenant", "43")]))));
+        assert!(a.may_use("x", Some(&tags(None, &[("vip", "")]))));
+        assert!(!a.may_use("x", None));
     }
 
     #[test]

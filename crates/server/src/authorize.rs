@@ -86,7 +86,7 @@ fn credential(
     text: &str,
 ) -> Result<CredentialName, Problem> {
     let name = CredentialName::new(text).map_err(|_| invalid_name("credential name"))?;
-    if !client.may_use(&name) || !state.is_configured(&name) {
+    if !client.may_use(&name, state.tags(&name)) || !state.is_configured(&name) {
         return Err(Problem::forbidden());
     }
     Ok(name)

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
+use crate::auth::CredentialTags;
 use crate::config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
@@ -84,6 +85,8 @@ pub struct BrokerConfig {
     /// How often the session janitor runs (reclaim expired leases, probes, cookie refresh);
     /// `None`: never (tests drive it by hand).
     pub session_maintenance: Option<Duration>,
+    /// Provider and labels of the credentials that have either (see [`tags_from`]).
+    pub credential_tags: HashMap<String, CredentialTags>,
 }
 
 impl BrokerConfig {
@@ -100,8 +103,29 @@ impl BrokerConfig {
             readiness_probe: None,
             sessions: None,
             session_maintenance: None,
+            credential_tags: HashMap::new(),
         }
     }
+}
+
+/// The provider and labels of every credential that has either, for client scopes
+/// (`provider:NAME`, `label:KEY=VALUE`) and listing filters.
+pub fn tags_from(
+    credentials: &BTreeMap<CredentialName, CredentialConfig>,
+) -> HashMap<String, CredentialTags> {
+    credentials
+        .iter()
+        .filter(|(_, config)| config.provider.is_some() || !config.labels.is_empty())
+        .map(|(name, config)| {
+            (
+                name.to_string(),
+                CredentialTags {
+                    provider: config.provider.clone(),
+                    labels: config.labels.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// The upstreams of every credential with an `upstream` URL, with their egress proxies. A
@@ -227,7 +251,8 @@ impl Broker {
             metrics,
         )?
         .with_readiness_probe(config.readiness_probe)
-        .with_sessions(config.sessions.clone());
+        .with_sessions(config.sessions.clone())
+        .with_credential_tags(config.credential_tags);
         let janitor = match (&config.sessions, config.session_maintenance) {
             (Some(pool), Some(every)) => Some(pool.clone().spawn_maintenance(every)),
             _ => None,

@@ -25,8 +25,8 @@ mod sessions;
 pub mod state;
 
 pub use app::router;
-pub use auth::{ClientIdentity, ClientKeys, NewKey};
-pub use broker::{BoundAddr, Broker, BrokerConfig, BrokerError, serve, upstreams_from};
+pub use auth::{ClientIdentity, ClientKeys, CredentialTags, NewKey};
+pub use broker::{BoundAddr, Broker, BrokerConfig, BrokerError, serve, tags_from, upstreams_from};
 pub use config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 pub use metrics::Metrics;
 pub use problem::{Problem, ProblemType};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use authkeeper_core::{Keeper, RecordStore};
 use authkeeper_session::SessionPool;
 
-use crate::auth::{ClientKeyError, ClientKeys};
+use crate::auth::{ClientKeyError, ClientKeys, CredentialTags};
 use crate::config::{ClientConfig, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyConfig, ProxyError, Upstream};
@@ -88,6 +88,8 @@ struct Inner {
     readiness: Readiness,
     probe: Option<Arc<dyn ReadinessProbe>>,
     sessions: Option<Arc<SessionPool>>,
+    /// Provider and labels of the credentials that have either.
+    tags: HashMap<String, CredentialTags>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -134,6 +136,7 @@ impl AppState {
                 readiness: Readiness::default(),
                 probe: None,
                 sessions: None,
+                tags: HashMap::new(),
             }),
         })
     }
@@ -192,6 +195,19 @@ impl AppState {
             inner.sessions = sessions;
         }
         self
+    }
+
+    /// Adds the providers and labels of credentials (call before the state is shared).
+    pub fn with_credential_tags(mut self, tags: HashMap<String, CredentialTags>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tags = tags;
+        }
+        self
+    }
+
+    /// The provider and labels of `credential`, if it has either.
+    pub fn tags(&self, credential: &str) -> Option<&CredentialTags> {
+        self.inner.tags.get(credential)
     }
 
     /// The browser-session pool, when sites are configured.

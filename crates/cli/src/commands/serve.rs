@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use authkeeper_core::events::SharedSink;
 use authkeeper_core::{Keeper, KeeperSettings};
-use authkeeper_server::{Broker, BrokerConfig, Metrics, ReadinessProbe, upstreams_from};
+use authkeeper_server::{Broker, BrokerConfig, Metrics, ReadinessProbe, tags_from, upstreams_from};
 use authkeeper_store::{ChangeEvent, RedisStore};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -71,6 +71,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         readiness_probe,
         sessions,
         session_maintenance,
+        credential_tags: tags_from(&context.config.credentials),
     };
     let broker = Broker::start(keeper, config)
         .await

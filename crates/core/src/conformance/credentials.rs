@@ -723,3 +723,219 @@ pub async fn in_flight_marker_survives_an_abandoned_lease(store: SharedStore) {
     );
     ok(store.release_lease(third).await, "release_lease");
 }
+
+/// `list_page` pages through every credential in name order, each exactly once.
+pub async fn list_pages_in_name_order(store: SharedStore) {
+    let names = ["d", "a", "e", "c", "b", "a.1", "b-2"];
+    for name in names {
+        put(&store, name, &sample_tokens(name, T0)).await;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<CredentialName> = None;
+    loop {
+        let page = ok(store.list_page(after.as_ref(), 3).await, "list_page");
+        assert!(page.len() <= 3, "a page holds at most `limit` summaries");
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        seen.extend(page.iter().map(|s| s.name.to_string()));
+    }
+    let mut expected: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "pages in name order, each credential once");
+    let tail = ok(store.list_page(Some(&n("c")), 10).await, "list_page");
+    let tail: Vec<&str> = tail.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(tail, ["d", "e"], "after a name that is stored");
+    let tail = ok(store.list_page(Some(&n("bz")), 1).await, "list_page");
+    assert_eq!(
+        tail[0].name.as_str(),
+        "c",
+        "after a name that is not stored"
+    );
+}
+
+/// `load_page` returns whole credentials (tokens included) in name order, a page at a time.
+pub async fn load_pages_in_name_order(store: SharedStore) {
+    let names = ["lp-d", "lp-a", "lp-c", "lp-b", "lp-a.1"];
+    for name in names {
+        put(&store, name, &sample_tokens(name, T0)).await;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<CredentialName> = None;
+    loop {
+        let page = ok(store.load_page(after.as_ref(), 2).await, "load_page");
+        assert!(page.len() <= 2, "a page holds at most `limit` credentials");
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        for credential in &page {
+            assert_eq!(
+                credential.tokens.access_token.expose_secret(),
+                format!("access-{}-token", credential.name),
+                "the page carries the tokens"
+            );
+            assert_eq!(credential.generation, 1);
+        }
+        seen.extend(page.iter().map(|c| c.name.to_string()));
+    }
+    let mut expected: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "pages in name order, each credential once");
+}
+
+/// `begin_refresh` takes the lease, reads under it and marks the generation in flight in one
+/// call; it says when a previous holder died sending that generation's refresh token.
+pub async fn begin_refresh_reads_and_marks(store: SharedStore) {
+    use crate::store::RefreshStart;
+    let ttl = Duration::from_secs(10);
+    let begin = |owner: &'static str, now: Timestamp, mark: bool| {
+        let store = Arc::clone(&store);
+        async move {
+            ok(
+                store.begin_refresh(&n("br"), owner, now, ttl, mark).await,
+                "begin_refresh",
+            )
+        }
+    };
+    // Nothing stored: the lease, no record, nothing marked.
+    match begin("first", T0, true).await {
+        RefreshStart::Acquired {
+            lease,
+            stored,
+            interrupted,
+        } => {
+            assert!(stored.is_none() && !interrupted);
+            ok(store.release_lease(lease).await, "release_lease");
+        }
+        RefreshStart::Busy { .. } => panic!("a free lease must be acquired"),
+    }
+    let tokens = sample_tokens("br", T0);
+    put(&store, "br", &tokens).await;
+    let first = match begin("first", T0, true).await {
+        RefreshStart::Acquired {
+            lease,
+            stored,
+            interrupted,
+        } => {
+            let stored =
+                stored.unwrap_or_else(|| panic!("the record must be read under the lease"));
+            assert_eq!(stored.generation, 1);
+            assert_same_tokens(&stored.tokens, &tokens);
+            assert!(!interrupted, "nobody was interrupted");
+            lease
+        }
+        RefreshStart::Busy { .. } => panic!("a free lease must be acquired"),
+    };
+    match begin("second", T0 + Duration::from_secs(1), true).await {
+        RefreshStart::Busy { held_until } => assert_eq!(held_until, first.expires_at),
+        RefreshStart::Acquired { .. } => panic!("a held lease must be busy"),
+    }
+    // The holder dies without releasing: the next one finds its marker.
+    drop(first);
+    let later = T0 + Duration::from_secs(11);
+    let second = match begin("second", later, true).await {
+        RefreshStart::Acquired {
+            lease, interrupted, ..
+        } => {
+            assert!(lease.took_over_abandoned);
+            assert!(
+                interrupted,
+                "the dead holder was sending generation 1's refresh token"
+            );
+            lease
+        }
+        RefreshStart::Busy { .. } => panic!("an expired lease must be taken over"),
+    };
+    ok(store.release_lease(second).await, "release_lease");
+    // Without marking, nothing is reported and nothing left behind.
+    match begin("third", later, false).await {
+        RefreshStart::Acquired {
+            lease, interrupted, ..
+        } => {
+            assert!(!interrupted, "a release clears the marker");
+            drop(lease);
+        }
+        RefreshStart::Busy { .. } => panic!("a released lease must be acquired"),
+    }
+    match begin("fourth", later + ttl + Duration::from_secs(1), true).await {
+        RefreshStart::Acquired {
+            lease, interrupted, ..
+        } => {
+            assert!(!interrupted, "a holder that did not mark leaves no marker");
+            ok(store.release_lease(lease).await, "release_lease");
+        }
+        RefreshStart::Busy { .. } => panic!("an expired lease must be taken over"),
+    }
+}
+
+/// `finish_refresh` stores the next generation and releases the lease in one call; a holder
+/// whose lease was taken over writes nothing.
+pub async fn finish_refresh_writes_and_releases(store: SharedStore) {
+    use crate::store::RefreshStart;
+    let ttl = Duration::from_secs(10);
+    put(&store, "fr", &sample_tokens("fr-1", T0)).await;
+    let lease = match ok(
+        store.begin_refresh(&n("fr"), "first", T0, ttl, true).await,
+        "begin_refresh",
+    ) {
+        RefreshStart::Acquired { lease, .. } => lease,
+        RefreshStart::Busy { .. } => panic!("a free lease must be acquired"),
+    };
+    let next = sample_tokens("fr-2", T0 + Duration::from_secs(1));
+    let outcome = store
+        .finish_refresh(lease, 1, &next, T0 + Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|unfinished| panic!("finish_refresh failed: {}", unfinished.error));
+    assert_eq!(outcome, WriteOutcome::Written { generation: 2 });
+    let stored = ok(store.load(&n("fr")).await, "load").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(stored.generation, 2);
+    assert_same_tokens(&stored.tokens, &next);
+    assert_eq!(stored.status.state, CredentialState::Valid);
+    // Released: another owner takes the lease at once, and finds no marker.
+    let second = match ok(
+        store
+            .begin_refresh(&n("fr"), "second", T0 + Duration::from_secs(2), ttl, true)
+            .await,
+        "begin_refresh",
+    ) {
+        RefreshStart::Acquired {
+            lease, interrupted, ..
+        } => {
+            assert!(!interrupted && !lease.took_over_abandoned);
+            lease
+        }
+        RefreshStart::Busy { .. } => panic!("finish_refresh must release the lease"),
+    };
+    // `second` hangs; `third` takes over; `second`'s late write is fenced out.
+    let stale = second.detached();
+    drop(second);
+    let third = acquire(&store, "fr", "third", T0 + Duration::from_secs(13), ttl).await;
+    let outcome = store
+        .finish_refresh(
+            stale,
+            2,
+            &sample_tokens("fr-stale", T0),
+            T0 + Duration::from_secs(14),
+        )
+        .await
+        .unwrap_or_else(|unfinished| panic!("finish_refresh failed: {}", unfinished.error));
+    assert_eq!(
+        outcome,
+        WriteOutcome::Conflict {
+            current_generation: 2
+        }
+    );
+    let stored = ok(store.load(&n("fr")).await, "load").unwrap_or_else(|| panic!("stored"));
+    assert_eq!(stored.generation, 2, "a fenced-out write changes nothing");
+    assert_same_tokens(&stored.tokens, &next);
+    match ok(
+        store
+            .try_acquire_lease(&n("fr"), "fourth", T0 + Duration::from_secs(14), ttl)
+            .await,
+        "try_acquire_lease",
+    ) {
+        LeaseAttempt::Busy { .. } => {}
+        LeaseAttempt::Acquired(_) => {
+            panic!("a stale finish must not release the new holder's lease")
+        }
+    }
+    ok(store.release_lease(third).await, "release_lease");
+}

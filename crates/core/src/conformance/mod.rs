@@ -130,6 +130,10 @@ macro_rules! credential_store_conformance_tests {
             wait_for_change_returns,
             names_are_independent,
             in_flight_marker_survives_an_abandoned_lease,
+            list_pages_in_name_order,
+            load_pages_in_name_order,
+            begin_refresh_reads_and_marks,
+            finish_refresh_writes_and_releases,
         );
     };
 }
@@ -147,6 +151,7 @@ macro_rules! record_store_conformance_tests {
             records_remove_checks_version,
             records_kinds_and_credentials_are_independent,
             records_names_at_the_limits_are_stored,
+            records_list_in_pages,
         );
     };
 }

@@ -453,3 +453,70 @@ pub async fn records_names_at_the_limits_are_stored(store: SharedStore) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, k);
 }
+
+/// `list_kind` pages through the records of one kind in key order, each exactly once, and
+/// opens their documents.
+pub async fn records_list_in_pages(store: SharedStore) {
+    let keys = [
+        key("b"),
+        key2("a", "y"),
+        key("a"),
+        key2("a", "x"),
+        key2("b-1", "z"),
+        key("c"),
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        put(&store, KIND, k, Expect::Absent, &document(i as u64, "page")).await;
+    }
+    put(
+        &store,
+        OTHER_KIND,
+        &key("a0"),
+        Expect::Absent,
+        &document(99, "other"),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut after: Option<RecordKey> = None;
+    loop {
+        let page = ok(store.list_kind(KIND, after.as_ref(), 4).await, "list_kind");
+        assert!(page.len() <= 4, "a page holds at most `limit` records");
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        for record in &page {
+            let index = keys
+                .iter()
+                .position(|k| *k == record.key)
+                .unwrap_or_else(|| panic!("listed a record never written: {}", record.key));
+            assert_eq!(
+                counter(record),
+                index as u64,
+                "the document of {}",
+                record.key
+            );
+            assert_eq!(record.version, 1);
+            seen.push(record.key.clone());
+        }
+    }
+    let mut expected = keys.to_vec();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "pages in key order, each record once, one kind only"
+    );
+    let tail = ok(
+        store.list_kind(KIND, Some(&key2("a", "y")), 10).await,
+        "list_kind",
+    );
+    let tail: Vec<String> = tail.iter().map(|r| r.key.to_string()).collect();
+    assert_eq!(tail, ["b", "b-1/z", "c"]);
+    assert!(
+        ok(
+            store
+                .list_kind(RecordKind::new("conformance-none"), None, 10)
+                .await,
+            "list_kind"
+        )
+        .is_empty()
+    );
+}

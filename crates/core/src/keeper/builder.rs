@@ -24,7 +24,7 @@ pub struct KeeperBuilder {
     store: Arc<dyn CredentialStore>,
     clock: SharedClock,
     settings: KeeperSettings,
-    credentials: Vec<(CredentialName, CredentialSettings)>,
+    credentials: Vec<(CredentialName, Arc<CredentialSettings>)>,
     sinks: Vec<SharedSink>,
     http: Option<reqwest::Client>,
     reauth: Option<Arc<dyn Reauthenticator>>,
@@ -52,7 +52,17 @@ impl KeeperBuilder {
     }
 
     /// Adds a credential.
-    pub fn credential(mut self, name: CredentialName, settings: CredentialSettings) -> Self {
+    pub fn credential(self, name: CredentialName, settings: CredentialSettings) -> Self {
+        self.credential_shared(name, Arc::new(settings))
+    }
+
+    /// Adds a credential whose settings other credentials share (those of one provider): the
+    /// settings and their OAuth client are kept once for all of them, not once per credential.
+    pub fn credential_shared(
+        mut self,
+        name: CredentialName,
+        settings: Arc<CredentialSettings>,
+    ) -> Self {
         self.credentials.push((name, settings));
         self
     }
@@ -102,7 +112,10 @@ impl KeeperBuilder {
         let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
         // Credentials with an egress proxy get a client through it, one per proxy.
         let mut proxied: HashMap<String, reqwest::Client> = HashMap::new();
+        // Shared settings get one OAuth client (keyed by the settings' address).
+        let mut clients: HashMap<usize, Arc<OAuthClient>> = HashMap::new();
         for (name, settings) in self.credentials {
+            let shared = Arc::as_ptr(&settings) as usize;
             let http = match &settings.client.proxy {
                 None => http.clone(),
                 Some(proxy) => match proxied.get(proxy.expose_url()) {
@@ -122,7 +135,11 @@ impl KeeperBuilder {
                     }
                 },
             };
-            let client = OAuthClient::new(settings.client.clone(), http);
+            let client = Arc::clone(
+                clients
+                    .entry(shared)
+                    .or_insert_with(|| Arc::new(OAuthClient::new(settings.client.clone(), http))),
+            );
             let source = self.sources.get(&name).cloned();
             let breaker = Arc::clone(breakers.entry(client.endpoint_key()).or_insert_with(|| {
                 Arc::new(CircuitBreaker::new(
@@ -138,6 +155,8 @@ impl KeeperBuilder {
             std::process::id(),
             rand::thread_rng().r#gen::<u64>()
         );
+        let mut names: Vec<CredentialName> = entries.keys().cloned().collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(Keeper {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -145,8 +164,11 @@ impl KeeperBuilder {
                 owner,
                 settings: self.settings,
                 entries,
+                names,
                 sinks: self.sinks,
                 schedule_changed: Notify::new(),
+                due: Default::default(),
+                heartbeat_running: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 reauth: self.reauth.map(reauth_hook::ReauthHook::new),
             }),

@@ -49,7 +49,7 @@ impl Keeper {
     }
 
     /// Puts a stored record into the cache (if it is not older than what is cached).
-    pub(super) fn install(&self, entry: &Entry, record: StoredCredential) {
+    pub(super) fn install(&self, entry: &Arc<Entry>, record: StoredCredential) {
         let cached = entry.generation();
         if record.generation < cached {
             return;
@@ -86,14 +86,14 @@ impl Keeper {
                 schedule,
                 previous,
             })));
-            self.inner.schedule_changed.notify_one();
+            self.reschedule(entry);
         }
     }
 
     /// An API rejected the token of `generation`: if it had reached the end of its hand-out
     /// window by now, it expired between hand-out and use, so the credential's delivery margin
     /// grows and the cached generation's schedule is redrawn with it (no token-endpoint call).
-    pub(super) fn judge_rejection(&self, entry: &Entry, generation: u64) {
+    pub(super) fn judge_rejection(&self, entry: &Arc<Entry>, generation: u64) {
         let Some(current) = entry.current.load_full() else {
             return;
         };
@@ -133,7 +133,7 @@ impl Keeper {
             previous: current.previous,
         });
         let _ = entry.current.compare_and_swap(&current, Some(redrawn));
-        self.inner.schedule_changed.notify_one();
+        self.reschedule(entry);
     }
 
     /// Decides whether a refresh may be attempted now; `Some(error)` when not.

@@ -63,8 +63,8 @@ impl Need {
 /// One credential's runtime state.
 pub(super) struct Entry {
     pub(super) name: CredentialName,
-    pub(super) settings: CredentialSettings,
-    pub(super) client: OAuthClient,
+    pub(super) settings: Arc<CredentialSettings>,
+    pub(super) client: Arc<OAuthClient>,
     /// Where tokens come from instead of the token endpoint (`grant = "session"`).
     pub(super) source: Option<Arc<dyn crate::source::TokenSource>>,
     pub(super) breaker: Arc<CircuitBreaker>,
@@ -80,6 +80,8 @@ pub(super) struct Entry {
     delivery_margin_ms: AtomicU64,
     /// A token of the cached generation was reported as expired in flight.
     late_this_generation: AtomicBool,
+    /// The sequence number of this credential's live item in the due queue (0: none).
+    pub(super) scheduled_seq: AtomicU64,
     status: Mutex<CredentialStatus>,
 }
 
@@ -87,8 +89,8 @@ impl Entry {
     /// A fresh entry with nothing cached.
     pub(super) fn new(
         name: CredentialName,
-        settings: CredentialSettings,
-        client: OAuthClient,
+        settings: Arc<CredentialSettings>,
+        client: Arc<OAuthClient>,
         source: Option<Arc<dyn crate::source::TokenSource>>,
         breaker: Arc<CircuitBreaker>,
     ) -> Entry {
@@ -104,6 +106,7 @@ impl Entry {
             retry_not_before: AtomicI64::new(i64::MIN),
             delivery_margin_ms: AtomicU64::new(0),
             late_this_generation: AtomicBool::new(false),
+            scheduled_seq: AtomicU64::new(0),
             status: Mutex::new(CredentialStatus::default()),
         }
     }

@@ -1,6 +1,7 @@
 //! What a failed refresh leaves behind: the classified status (backoff, needs_reauth,
 //! disabled), events, re-authentication, and the loud `lost_in_crash` case.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::entry::{Entry, Need};
@@ -13,7 +14,7 @@ impl Keeper {
     /// Records a failed refresh: status, backoff, events; returns what the caller gets.
     pub(super) async fn record_failure(
         &self,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         need: Need,
         generation: u64,
         error: RefreshError,
@@ -93,7 +94,7 @@ impl Keeper {
     /// [`crate::events::LOST_IN_CRASH`], loudly.
     pub(super) async fn record_lost_in_crash(
         &self,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         need: Need,
         generation: u64,
         error: RefreshError,

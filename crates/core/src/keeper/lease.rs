@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
+use super::Keeper;
 use super::entry::Entry;
-use super::{Keeper, KeeperError};
-use crate::grant::GrantKind;
 use crate::store::Lease;
 
 impl Keeper {
@@ -46,36 +45,5 @@ impl Keeper {
         } else {
             configured
         }
-    }
-
-    /// Marks the refresh of `generation` in flight under `lease` (see
-    /// [`crate::store::CredentialStore::mark_in_flight`]). Returns whether a previous holder was
-    /// interrupted while refreshing this same generation. Fails when the store cannot record the
-    /// marker: then no refresh token is sent.
-    pub(super) async fn mark_in_flight(
-        &self,
-        entry: &Entry,
-        lease: &Lease,
-        generation: u64,
-    ) -> Result<bool, KeeperError> {
-        if entry.settings.grant != GrantKind::RefreshToken || generation == 0 {
-            return Ok(false);
-        }
-        let name = &entry.name;
-        let previous = self
-            .inner
-            .store
-            .mark_in_flight(lease, generation)
-            .await
-            .map_err(|source| super::refresh::store_error(entry, source))?;
-        let interrupted = previous == Some(generation);
-        if interrupted {
-            tracing::warn!(
-                credential = %name,
-                generation,
-                "the previous refresh holder stopped while calling the token endpoint; retrying with the same refresh token"
-            );
-        }
-        Ok(interrupted)
     }
 }

@@ -22,6 +22,7 @@
 
 mod builder;
 mod cache;
+mod due_queue;
 mod entry;
 mod error;
 mod failure;
@@ -93,8 +94,14 @@ struct Inner {
     settings: KeeperSettings,
     /// Fixed at build time; foldhash keeps the lookup on the fast path cheap.
     entries: HashMap<CredentialName, Arc<Entry>, foldhash::fast::RandomState>,
+    /// The names of `entries`, sorted.
+    names: Vec<CredentialName>,
     sinks: Vec<SharedSink>,
     schedule_changed: Notify,
+    /// The proactive schedule (see [`due_queue`]).
+    due: due_queue::DueQueue,
+    /// A heartbeat runs: installs queue their credential's next due time.
+    heartbeat_running: AtomicBool,
     shutting_down: AtomicBool,
     /// Automatic re-authentication, when installed.
     reauth: Option<reauth_hook::ReauthHook>,
@@ -135,9 +142,19 @@ impl Keeper {
         KeeperBuilder::new(store, clock)
     }
 
-    /// The configured credential names.
+    /// The configured credential names, in name order.
     pub fn credential_names(&self) -> impl Iterator<Item = &CredentialName> {
-        self.inner.entries.keys()
+        self.inner.names.iter()
+    }
+
+    /// The configured credential names after `after` (all when `None`), in name order: pages
+    /// of a listing without sorting every name again.
+    pub fn credential_names_after(&self, after: Option<&str>) -> &[CredentialName] {
+        let names = &self.inner.names;
+        match after {
+            None => names,
+            Some(after) => &names[names.partition_point(|name| name.as_str() <= after)..],
+        }
     }
 
     /// The configured credential called `name`, if any.
@@ -334,10 +351,40 @@ impl Keeper {
         Ok(generation)
     }
 
-    /// Loads every configured credential from the store (e.g. at start-up).
+    /// Loads every configured credential from the store (e.g. at start-up), a page of stored
+    /// credentials at a time; returns those that could not be loaded. Callers need not wait
+    /// for it: a token request for a credential not loaded yet loads it.
     pub async fn warm_up(&self) -> Vec<(String, KeeperError)> {
+        const PAGE: usize = 1000;
+        let mut after: Option<CredentialName> = None;
+        loop {
+            let page = match self.inner.store.load_page(after.as_ref(), PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    // One unreadable record spoils its page: the rest load one by one below,
+                    // each with its own error.
+                    tracing::debug!(error = %error, "paged warm-up failed; loading one by one");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.name.clone());
+            for record in page {
+                if let Some(entry) = self.inner.entries.get(record.name.as_str()) {
+                    self.install(entry, record);
+                }
+            }
+        }
         let mut failures = Vec::new();
-        for entry in self.inner.entries.values() {
+        for name in &self.inner.names {
+            let Some(entry) = self.inner.entries.get(name) else {
+                continue;
+            };
+            if entry.current.load().is_some() {
+                continue;
+            }
             if let Err(error) = self.load(entry).await {
                 failures.push((entry.name.to_string(), error));
             }

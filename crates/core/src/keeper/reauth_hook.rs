@@ -36,6 +36,19 @@ impl ReauthHook {
     }
 }
 
+/// The session reached its absolute expiry.
+struct Expired;
+
+/// What [`Keeper::check_relogin`] found.
+pub(super) enum ReloginCheck {
+    /// Look again at this time.
+    At(Timestamp),
+    /// The session reached its absolute expiry: it needs re-authentication, no refresh.
+    Expired,
+    /// Nothing to do for the session.
+    Nothing,
+}
+
 impl Keeper {
     /// Reports an event to the Keeper's sinks (reauthenticators report their runs with it).
     pub fn emit_event(&self, event: Event<'_>) {
@@ -61,8 +74,20 @@ impl Keeper {
 
     /// The heartbeat's check of `entry`'s session: starts the scheduled re-login when due,
     /// records the session as needing re-authentication once its absolute expiry passed, and
-    /// returns when to look again.
-    pub(super) fn check_relogin(&self, entry: &Arc<Entry>, now: Timestamp) -> Option<Timestamp> {
+    /// says when to look again.
+    pub(super) fn check_relogin(&self, entry: &Arc<Entry>, now: Timestamp) -> ReloginCheck {
+        match self.relogin_step(entry, now) {
+            Some(Ok(at)) => ReloginCheck::At(at),
+            Some(Err(Expired)) => ReloginCheck::Expired,
+            None => ReloginCheck::Nothing,
+        }
+    }
+
+    fn relogin_step(
+        &self,
+        entry: &Arc<Entry>,
+        now: Timestamp,
+    ) -> Option<Result<Timestamp, Expired>> {
         let hook = self.inner.reauth.as_ref()?;
         let current = entry.current.load_full()?;
         if entry.status().state == CredentialState::NeedsReauth {
@@ -80,13 +105,13 @@ impl Keeper {
                 done.expired = generation;
                 self.expire_session(entry, generation, expires_at);
             }
-            return None;
+            return Some(Err(Expired));
         }
         if done.relogin >= generation {
-            return Some(expires_at);
+            return Some(Ok(expires_at));
         }
         if schedule.relogin_at > now {
-            return Some(schedule.relogin_at);
+            return Some(Ok(schedule.relogin_at));
         }
         done.relogin = generation;
         let name = &entry.name;
@@ -104,7 +129,7 @@ impl Keeper {
                 trigger: ReauthTrigger::SessionExpiring { expires_at },
             },
         );
-        Some(expires_at)
+        Some(Ok(expires_at))
     }
 
     /// Records that the session of `generation` reached its absolute lifetime: refreshing it

@@ -12,7 +12,7 @@ use crate::error::{ErrorClass, RefreshError};
 use crate::events::{Event, Trigger};
 use crate::grant::{GrantKind, GrantRequest};
 use crate::store::{
-    CredentialStatus, Lease, LeaseAttempt, Precondition, StoreError, StoredCredential, WriteOutcome,
+    CredentialStatus, Lease, RefreshStart, StoreError, StoredCredential, Unfinished, WriteOutcome,
 };
 use crate::token::{TokenResponse, TokenSet};
 
@@ -50,26 +50,52 @@ impl Keeper {
         // Wait for another holder at most one lease TTL plus a margin: by then its lease expired.
         let give_up_at = tokio::time::Instant::now() + lease_ttl + Duration::from_secs(5);
         let mut poll = self.inner.settings.poll_interval;
+        let mark_in_flight = entry.settings.grant == GrantKind::RefreshToken;
         loop {
             let attempt = match self
                 .inner
                 .store
-                .try_acquire_lease(name, &self.inner.owner, self.now(), lease_ttl)
+                .begin_refresh(
+                    name,
+                    &self.inner.owner,
+                    self.now(),
+                    lease_ttl,
+                    mark_in_flight,
+                )
                 .await
             {
                 Ok(attempt) => attempt,
                 Err(source) => return self.serve_or(entry, need, store_error(entry, source)),
             };
             match attempt {
-                LeaseAttempt::Acquired(lease) => {
+                RefreshStart::Acquired {
+                    lease,
+                    stored,
+                    interrupted,
+                } => {
                     if lease.took_over_abandoned {
                         self.emit(Event::LeaseTakenOver { name });
                     }
-                    let result = self.refresh_under_lease(entry, need, trigger, &lease).await;
-                    self.release_lease(lease).await;
+                    if interrupted {
+                        tracing::warn!(
+                            credential = %name,
+                            "the previous refresh holder stopped while calling the token endpoint; retrying with the same refresh token"
+                        );
+                    }
+                    let mut held = Some(lease);
+                    let under = UnderLease {
+                        stored,
+                        interrupted,
+                    };
+                    let result = self
+                        .refresh_under_lease(entry, need, trigger, &mut held, under)
+                        .await;
+                    if let Some(lease) = held {
+                        self.release_lease(lease).await;
+                    }
                     return result;
                 }
-                LeaseAttempt::Busy { .. } => {
+                RefreshStart::Busy { .. } => {
                     self.inner
                         .store
                         .wait_for_change(name, entry.generation(), poll)
@@ -98,15 +124,21 @@ impl Keeper {
         }
     }
 
-    /// The refresh proper, run while holding the store's `lease`.
+    /// The refresh proper, run while holding the store's lease (in `held`; a successful write
+    /// releases it, taking it out).
     async fn refresh_under_lease(
         &self,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         need: Need,
         trigger: Trigger,
-        lease: &Lease,
+        held: &mut Option<Lease>,
+        under: UnderLease,
     ) -> Result<Token, KeeperError> {
-        let start = match self.reread_under_lease(entry, need).await {
+        let Some(lease) = held.as_ref() else {
+            return Err(KeeperError::NotStored(entry.name.to_string()));
+        };
+        let interrupted = under.interrupted;
+        let start = match self.start_under_lease(entry, need, under.stored) {
             Step::Go(start) => start,
             Step::Done(answer) => return answer,
         };
@@ -141,10 +173,6 @@ impl Keeper {
                     .await;
             }
         };
-        let interrupted = match self.mark_in_flight(entry, lease, start.generation).await {
-            Ok(interrupted) => interrupted,
-            Err(error) => return self.serve_or(entry, need, error),
-        };
         let started = tokio::time::Instant::now();
         let current = start.previous.as_ref().map(|c| &c.tokens);
         let outcome = match (&request, &entry.source) {
@@ -172,12 +200,12 @@ impl Keeper {
                 entry.breaker.record_success();
                 let write = Write {
                     start,
-                    fence: lease.fence,
                     requested_at: now,
                     latency,
                     trigger,
                 };
-                self.store_refreshed(entry, need, response, write).await
+                self.store_refreshed(entry, need, response, write, held)
+                    .await
             }
             Err(error) => {
                 if error.class() == ErrorClass::Transient {
@@ -224,13 +252,14 @@ impl Keeper {
         }
     }
 
-    /// Re-reads the stored record under the lease: another process may have refreshed while we
-    /// waited for it, or failed in a way that forbids trying now.
-    async fn reread_under_lease(&self, entry: &Entry, need: Need) -> Step<Start> {
-        let stored = match self.read_store(entry).await {
-            Ok(stored) => stored,
-            Err(error) => return Step::Done(self.serve_or(entry, need, error)),
-        };
+    /// What the store held when the lease was taken: another process may have refreshed while
+    /// we waited for it, or failed in a way that forbids trying now.
+    fn start_under_lease(
+        &self,
+        entry: &Arc<Entry>,
+        need: Need,
+        stored: Option<StoredCredential>,
+    ) -> Step<Start> {
         match stored {
             Some(record) => {
                 let generation = record.generation;
@@ -263,10 +292,11 @@ impl Keeper {
     /// Stores the provider's answer durably (fenced), then installs it and answers the caller.
     async fn store_refreshed(
         &self,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         need: Need,
         response: TokenResponse,
         write: Write,
+        held: &mut Option<Lease>,
     ) -> Result<Token, KeeperError> {
         let name = &entry.name;
         let received_at = self.now();
@@ -282,12 +312,8 @@ impl Keeper {
         };
         let expires_at = tokens.expires_at;
         let expected_generation = write.start.generation;
-        let precondition = Precondition::Fenced {
-            generation: expected_generation,
-            fence: write.fence,
-        };
         match self
-            .write_durably(entry, precondition, &tokens, received_at)
+            .write_durably(held, expected_generation, &tokens, received_at)
             .await
         {
             Ok(WriteOutcome::Written { generation }) => {
@@ -342,40 +368,58 @@ impl Keeper {
         }
     }
 
-    /// Writes a refreshed token set, retrying briefly when the store is momentarily unavailable.
+    /// Writes a refreshed token set fenced by the lease in `held` and releases the lease,
+    /// retrying briefly when the store is momentarily unavailable. The lease stays in `held`
+    /// when nothing could be written.
     async fn write_durably(
         &self,
-        entry: &Entry,
-        precondition: Precondition,
+        held: &mut Option<Lease>,
+        generation: u64,
         tokens: &TokenSet,
         now: Timestamp,
     ) -> Result<WriteOutcome, StoreError> {
         let mut delay = Duration::from_millis(25);
         let mut attempts = 0;
         loop {
+            let Some(lease) = held.take() else {
+                return Err(StoreError::Other {
+                    message: "the refresh lease is gone".to_owned(),
+                    source: None,
+                });
+            };
             attempts += 1;
             match self
                 .inner
                 .store
-                .put(&entry.name, precondition, tokens, now)
+                .finish_refresh(lease, generation, tokens, now)
                 .await
             {
-                // A store restart (Redis failover) can take seconds: keep the rotated refresh
-                // token in memory and retry for ~5 s; fencing still refuses a stale write.
-                Err(StoreError::Unavailable { .. }) if attempts < 10 => {
+                Ok(outcome) => return Ok(outcome),
+                Err(Unfinished { error, lease }) => {
+                    *held = Some(lease);
+                    // A store restart (Redis failover) can take seconds: keep the rotated
+                    // refresh token in memory and retry for ~5 s; fencing still refuses a stale
+                    // write.
+                    if !matches!(error, StoreError::Unavailable { .. }) || attempts >= 10 {
+                        return Err(error);
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
-                other => return other,
             }
         }
     }
 }
 
+/// What [`crate::store::CredentialStore::begin_refresh`] found under the lease.
+struct UnderLease {
+    stored: Option<StoredCredential>,
+    interrupted: bool,
+}
+
 /// How a successful token request is to be written.
 struct Write {
     start: Start,
-    fence: u64,
     requested_at: Timestamp,
     latency: Duration,
     trigger: Trigger,

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::error::StoreError;
-use super::lease::{Lease, LeaseAttempt};
+use super::lease::{Lease, LeaseAttempt, RefreshStart, Unfinished};
 use crate::clock::Timestamp;
 use crate::name::CredentialName;
 use crate::token::TokenSet;
@@ -214,6 +214,124 @@ pub trait CredentialStore: Send + Sync + fmt::Debug + 'static {
         lease: &Lease,
         generation: u64,
     ) -> Result<Option<u64>, StoreError>;
+
+    /// One page of [`CredentialStore::list`]: the summaries of the credentials whose names sort
+    /// after `after` (from the first when `None`), in name order, at most `limit` of them. An
+    /// empty page means the end. The provided method lists everything and cuts out the page;
+    /// backends with ordered keys read only the page.
+    async fn list_page(
+        &self,
+        after: Option<&CredentialName>,
+        limit: usize,
+    ) -> Result<Vec<CredentialSummary>, StoreError> {
+        let mut all = self.list().await?;
+        all.retain(|summary| after.is_none_or(|after| summary.name.as_str() > after.as_str()));
+        all.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// One page of stored credentials (unsealed) named after `after` (from the first when
+    /// `None`), in name order, at most `limit`: what a process loads at start-up. An empty page
+    /// means the end. The provided method lists a page and loads its credentials one by one;
+    /// backends read the page at once.
+    async fn load_page(
+        &self,
+        after: Option<&CredentialName>,
+        limit: usize,
+    ) -> Result<Vec<StoredCredential>, StoreError> {
+        let mut after = after.cloned();
+        loop {
+            let page = self.list_page(after.as_ref(), limit).await?;
+            let Some(last) = page.last() else {
+                return Ok(Vec::new());
+            };
+            after = Some(last.name.clone());
+            let mut loaded = Vec::with_capacity(page.len());
+            for summary in &page {
+                // Gone since the listing (deleted): skipped.
+                if let Some(credential) = self.load(&summary.name).await? {
+                    loaded.push(credential);
+                }
+            }
+            if !loaded.is_empty() {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Starts a refresh in one round trip where the backend can: takes the refresh lease of
+    /// `name` for `ttl` (as [`CredentialStore::try_acquire_lease`]), reads the stored credential
+    /// under it (as [`CredentialStore::load`]) and, when `mark_in_flight` is set and something is
+    /// stored, marks its generation in flight (as [`CredentialStore::mark_in_flight`]), reporting
+    /// whether a previous holder was interrupted sending that same generation's refresh token.
+    ///
+    /// On an error nothing stays held. The marker may be set although the caller then finds no
+    /// refresh needed: releasing the lease clears it.
+    async fn begin_refresh(
+        &self,
+        name: &CredentialName,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+        mark_in_flight: bool,
+    ) -> Result<RefreshStart, StoreError> {
+        let lease = match self.try_acquire_lease(name, owner, now, ttl).await? {
+            LeaseAttempt::Acquired(lease) => lease,
+            LeaseAttempt::Busy { held_until } => return Ok(RefreshStart::Busy { held_until }),
+        };
+        let read = async {
+            let stored = self.load(name).await?;
+            let interrupted = match (&stored, mark_in_flight) {
+                (Some(stored), true) => {
+                    self.mark_in_flight(&lease, stored.generation).await? == Some(stored.generation)
+                }
+                _ => false,
+            };
+            Ok::<_, StoreError>((stored, interrupted))
+        };
+        match read.await {
+            Ok((stored, interrupted)) => Ok(RefreshStart::Acquired {
+                lease,
+                stored,
+                interrupted,
+            }),
+            Err(error) => {
+                if let Err(release) = self.release_lease(lease).await {
+                    tracing::debug!(credential = %name, error = %release, "could not release a refresh lease after a failed read");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends a refresh in one round trip where the backend can: stores `tokens` as the
+    /// generation after `generation`, fenced by `lease` (as [`CredentialStore::put`] with
+    /// [`Precondition::Fenced`]), and releases the lease (as [`CredentialStore::release_lease`]).
+    /// When the write is durable or refused ([`WriteOutcome::Conflict`]), the lease is released;
+    /// when the store fails, nothing is written and the lease comes back in [`Unfinished`].
+    async fn finish_refresh(
+        &self,
+        lease: Lease,
+        generation: u64,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, Unfinished> {
+        let precondition = Precondition::Fenced {
+            generation,
+            fence: lease.fence,
+        };
+        match self.put(&lease.name, precondition, tokens, now).await {
+            Ok(outcome) => {
+                let name = lease.name.clone();
+                if let Err(error) = self.release_lease(lease).await {
+                    tracing::warn!(credential = %name, %error, "stored the refreshed tokens but could not release the refresh lease; it expires by itself");
+                }
+                Ok(outcome)
+            }
+            Err(error) => Err(Unfinished { error, lease }),
+        }
+    }
 
     /// Waits until the generation of `name` may have moved past `seen_generation`, or at most
     /// `timeout`. Backends with notifications return as soon as a change is published; the

@@ -60,3 +60,37 @@ pub enum LeaseAttempt {
         held_until: Timestamp,
     },
 }
+
+/// What [`CredentialStore::begin_refresh`](super::CredentialStore::begin_refresh) found.
+#[derive(Debug)]
+// Built once per refresh and moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum RefreshStart {
+    /// The lease is ours, and this is what the store held under it.
+    Acquired {
+        /// The lease.
+        lease: Lease,
+        /// The stored credential, read under the lease (`None`: nothing stored).
+        stored: Option<super::StoredCredential>,
+        /// A previous holder stopped without releasing its lease while sending the refresh
+        /// token of the stored generation: a rotated refresh token may never have reached the
+        /// store (see [`CredentialStore::mark_in_flight`](super::CredentialStore::mark_in_flight)).
+        interrupted: bool,
+    },
+    /// Someone else holds the lease.
+    Busy {
+        /// When the other holder's lease expires unless renewed.
+        held_until: Timestamp,
+    },
+}
+
+/// A [`CredentialStore::finish_refresh`](super::CredentialStore::finish_refresh) that wrote
+/// nothing because the store failed: the lease is handed back, still held, so the caller can
+/// retry the write or release it.
+#[derive(Debug)]
+pub struct Unfinished {
+    /// Why nothing was written.
+    pub error: super::StoreError,
+    /// The lease, still held.
+    pub lease: Lease,
+}

@@ -307,6 +307,26 @@ impl RecordStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn list_kind(
+        &self,
+        kind: RecordKind,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        use std::ops::Bound;
+        self.count_read();
+        let state = self.state();
+        let Some(records) = state.records.get(&kind) else {
+            return Ok(Vec::new());
+        };
+        let start = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
+        Ok(records
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, record)| record.clone())
+            .collect())
+    }
+
     async fn parts(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         self.count_read();
         let state = self.state();

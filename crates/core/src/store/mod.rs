@@ -19,7 +19,7 @@ pub use credential::{
     StoredCredential, WriteOutcome, import,
 };
 pub use error::StoreError;
-pub use lease::{Lease, LeaseAttempt};
+pub use lease::{Lease, LeaseAttempt, RefreshStart, Unfinished};
 pub use memory::MemoryStore;
 pub use record::{Expect, Record, RecordKey, RecordKind, RecordStore, decode_json, encode_json};
 

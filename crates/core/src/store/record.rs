@@ -238,6 +238,18 @@ pub trait RecordStore: Send + Sync + fmt::Debug + 'static {
         parent: &RecordKey,
     ) -> Result<Vec<Record>, StoreError>;
 
+    /// One page of the records of `kind` (unsealed) whose keys sort after `after` (from the
+    /// first when `None`), in key order, at most
+    /// `limit` of them. Keys sort as [`RecordKey`]'s `Ord`: by part, then item, a one-segment
+    /// key before the items of its part. An empty page means the end. Fails with
+    /// [`StoreError::Decrypt`] when one of them cannot be unsealed.
+    async fn list_kind(
+        &self,
+        kind: RecordKind,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
     /// The distinct first segments of the keys of `kind` that have records, sorted, as
     /// one-segment keys. Unseals nothing.
     async fn parts(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError>;

@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod keys;
 mod listeners;
+mod listing;
 mod load;
 mod openapi;
 mod reauth;

@@ -264,6 +264,55 @@ impl RecordStore for RedisStore {
         Ok(records)
     }
 
+    async fn list_kind(
+        &self,
+        kind: RecordKind,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        // Walks the parts index in order; each part's own record, then its items. A page costs
+        // one read of the parts set plus one round trip per part visited.
+        let parts = self
+            .valid_members("listing record parts", self.inner.keys.record_parts(kind))
+            .await?;
+        let mut records = Vec::new();
+        for part in parts {
+            if records.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|after| part.as_str() < after.part()) {
+                continue;
+            }
+            let mut keys = vec![
+                RecordKey::from_segments(&part, None)
+                    .map_err(|_| error::corrupt_record(kind, "parts", "invalid part"))?,
+            ];
+            for item in self
+                .valid_members("listing records", self.inner.keys.record_items(kind, &part))
+                .await?
+            {
+                keys.push(
+                    RecordKey::from_segments(&part, Some(&item))
+                        .map_err(|_| error::corrupt_record(kind, &part, "invalid item"))?,
+                );
+            }
+            keys.retain(|key| after.is_none_or(|after| key > after));
+            if keys.is_empty() {
+                continue;
+            }
+            let rows = self.read_records(kind, &keys).await?;
+            for (key, raw) in keys.into_iter().zip(rows) {
+                if records.len() >= limit {
+                    break;
+                }
+                if let Some(record) = self.open_record(kind, key, raw)? {
+                    records.push(record);
+                }
+            }
+        }
+        Ok(records)
+    }
+
     async fn parts(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         let parts = self
             .valid_members("listing record parts", self.inner.keys.record_parts(kind))

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension as _, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use authkeeper_core::name::CredentialName;
+use authkeeper_core::store::{RefreshStart, Unfinished};
 use authkeeper_core::{
     CredentialState, CredentialStatus, CredentialStore, CredentialSummary, Lease, LeaseAttempt,
     Precondition, StoreError, StoredCredential, Timestamp, TokenSet, WriteOutcome,
@@ -73,6 +74,25 @@ pub(super) fn stored_generation(
     to_u64(WHAT, name, "generation", generation.unwrap_or(0))
 }
 
+/// A credential row as stored: generation, sealed token set, sealed status.
+pub(super) type SealedRow = (i64, Vec<u8>, Option<Vec<u8>>);
+
+/// Reads the row of `name`, still sealed.
+pub(super) fn read_row(
+    conn: &Connection,
+    name: &CredentialName,
+) -> Result<Option<SealedRow>, StoreError> {
+    conn.prepare_cached("SELECT generation, sealed, sealed_status FROM credentials WHERE name = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![name.as_str()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(sql_error)
+}
+
 impl Inner {
     /// Opens a row's sealed status: the status and the expiry of its generation's tokens.
     fn open_status(
@@ -87,44 +107,71 @@ impl Inner {
     }
 
     fn load(&self, name: &CredentialName) -> Result<Option<StoredCredential>, StoreError> {
-        let row = self
-            .conn()
-            .query_row(
-                "SELECT generation, sealed, sealed_status FROM credentials WHERE name = ?1",
-                params![name.as_str()],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, Vec<u8>>(1)?,
-                        row.get::<_, Option<Vec<u8>>>(2)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(sql_error)?;
-        let Some((generation, sealed, sealed_status)) = row else {
-            return Ok(None);
-        };
+        let row = read_row(&self.conn(), name)?;
+        row.map(|row| self.open_row(name, row)).transpose()
+    }
+
+    /// Unseals a credential row.
+    pub(super) fn open_row(
+        &self,
+        name: &CredentialName,
+        (generation, sealed, sealed_status): SealedRow,
+    ) -> Result<StoredCredential, StoreError> {
         let generation = to_u64(WHAT, name, "generation", generation)?;
         let (status, _) = self.open_status(name, generation, sealed_status.as_deref())?;
         let plaintext = self.unseal(CREDENTIAL_KIND, name, generation, &sealed)?;
         let tokens =
             decode_token_set(&plaintext).map_err(|problem| corrupt_row(WHAT, name, &problem))?;
-        Ok(Some(StoredCredential {
+        Ok(StoredCredential {
             name: name.clone(),
             generation,
             tokens,
             status,
-        }))
+        })
     }
 
-    fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
+    /// The stored credentials named after `after` (every name is longer than ''), in name
+    /// order, at most `limit`; unsealed after the read connection is released.
+    fn load_page(&self, after: &str, limit: usize) -> Result<Vec<StoredCredential>, StoreError> {
+        let rows: Vec<(String, SealedRow)> = {
+            let conn = self.conn();
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT name, generation, sealed, sealed_status FROM credentials
+                     WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
+                .map_err(sql_error)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            statement
+                .query_map(params![after, limit], |row| {
+                    Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
+                })
+                .map_err(sql_error)?
+                .collect::<Result<_, _>>()
+                .map_err(sql_error)?
+        };
+        rows.into_iter()
+            .map(|(name, row)| {
+                let name = CredentialName::new(&name)
+                    .map_err(|_| corrupt_row(WHAT, &name, "invalid name"))?;
+                self.open_row(&name, row)
+            })
+            .collect()
+    }
+
+    /// Summaries of the credentials named after `after` (every name is longer than ''), in
+    /// name order, at most `limit`.
+    fn list_page(&self, after: &str, limit: usize) -> Result<Vec<CredentialSummary>, StoreError> {
         let conn = self.conn();
         let mut statement = conn
-            .prepare("SELECT name, generation, sealed_status FROM credentials ORDER BY name")
+            .prepare_cached(
+                "SELECT name, generation, sealed_status FROM credentials
+                 WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )
             .map_err(sql_error)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = statement
-            .query_map([], |row| {
+            .query_map(params![after, limit], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, i64>(1)?,
@@ -152,7 +199,7 @@ impl Inner {
     /// Writes `tokens` as `generation` with a fresh valid status, inside `tx`.
     fn write_tokens(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         name: &CredentialName,
         generation: u64,
         tokens: &TokenSet,
@@ -206,31 +253,41 @@ impl Inner {
         tokens: &TokenSet,
         now: Timestamp,
     ) -> Result<WriteOutcome, StoreError> {
-        self.write(|tx| {
-            let current = stored_generation(tx, name)?;
-            let conflict = WriteOutcome::Conflict {
-                current_generation: current,
-            };
-            let last_refresh_at = match precondition {
-                Precondition::None => None,
-                Precondition::Generation(expected) => {
-                    if current != expected {
-                        return Ok(conflict);
-                    }
-                    Some(now)
+        self.write(|tx| self.put_in(tx, name, precondition, tokens, now))
+    }
+
+    /// [`Inner::put`] inside write transaction `tx`.
+    pub(super) fn put_in(
+        &self,
+        tx: &Connection,
+        name: &CredentialName,
+        precondition: Precondition,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, StoreError> {
+        let current = stored_generation(tx, name)?;
+        let conflict = WriteOutcome::Conflict {
+            current_generation: current,
+        };
+        let last_refresh_at = match precondition {
+            Precondition::None => None,
+            Precondition::Generation(expected) => {
+                if current != expected {
+                    return Ok(conflict);
                 }
-                Precondition::Fenced { generation, fence } => {
-                    let lease_fence = super::leases::current_fence(tx, name)?;
-                    if current != generation || lease_fence != Some(to_i64(fence)) {
-                        return Ok(conflict);
-                    }
-                    Some(now)
+                Some(now)
+            }
+            Precondition::Fenced { generation, fence } => {
+                let lease_fence = super::leases::current_fence(tx, name)?;
+                if current != generation || lease_fence != Some(to_i64(fence)) {
+                    return Ok(conflict);
                 }
-            };
-            let generation = current.saturating_add(1);
-            self.write_tokens(tx, name, generation, tokens, last_refresh_at, now)?;
-            Ok(WriteOutcome::Written { generation })
-        })
+                Some(now)
+            }
+        };
+        let generation = current.saturating_add(1);
+        self.write_tokens(tx, name, generation, tokens, last_refresh_at, now)?;
+        Ok(WriteOutcome::Written { generation })
     }
 
     fn set_status(
@@ -305,7 +362,25 @@ impl CredentialStore for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<CredentialSummary>, StoreError> {
-        self.run(Inner::list).await
+        self.run(|inner| inner.list_page("", usize::MAX)).await
+    }
+
+    async fn list_page(
+        &self,
+        after: Option<&CredentialName>,
+        limit: usize,
+    ) -> Result<Vec<CredentialSummary>, StoreError> {
+        let after = after.map_or_else(String::new, |name| name.as_str().to_owned());
+        self.run(move |inner| inner.list_page(&after, limit)).await
+    }
+
+    async fn load_page(
+        &self,
+        after: Option<&CredentialName>,
+        limit: usize,
+    ) -> Result<Vec<StoredCredential>, StoreError> {
+        let after = after.map_or_else(String::new, |name| name.as_str().to_owned());
+        self.run(move |inner| inner.load_page(&after, limit)).await
     }
 
     async fn put(
@@ -361,6 +436,47 @@ impl CredentialStore for SqliteStore {
 
     async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.run(move |inner| inner.release_lease(lease)).await
+    }
+
+    async fn begin_refresh(
+        &self,
+        name: &CredentialName,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+        mark_in_flight: bool,
+    ) -> Result<RefreshStart, StoreError> {
+        let (name, owner) = (name.clone(), owner.to_owned());
+        self.run(move |inner| inner.begin_refresh(&name, &owner, now, ttl, mark_in_flight))
+            .await
+    }
+
+    #[allow(clippy::result_large_err)] // the error hands the lease back (see `Unfinished`)
+    async fn finish_refresh(
+        &self,
+        lease: Lease,
+        generation: u64,
+        tokens: &TokenSet,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, Unfinished> {
+        let inner = std::sync::Arc::clone(&self.inner);
+        let tokens = tokens.clone();
+        // If the blocking task dies, its copy of the lease (and the OS lock) goes with it; the
+        // caller gets this one back: the lease row stays held until it expires.
+        let fallback = lease.detached();
+        let task = tokio::task::spawn_blocking(move || {
+            inner.finish_refresh(lease, generation, &tokens, now)
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(error) => Err(Unfinished {
+                error: StoreError::Other {
+                    message: "a store task failed".to_owned(),
+                    source: Some(Box::new(error)),
+                },
+                lease: fallback,
+            }),
+        }
     }
 
     async fn mark_in_flight(

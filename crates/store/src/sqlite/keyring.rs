@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
 use authkeeper_core::StoreError;
@@ -24,7 +24,7 @@ const REKEY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 const REKEY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Live leases whose holder is between sending a refresh token and storing the answer.
-fn refreshes_in_flight(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+fn refreshes_in_flight(tx: &Connection) -> Result<i64, StoreError> {
     let now = authkeeper_core::Timestamp::from_system_time(std::time::SystemTime::now());
     tx.query_row(
         "SELECT count(*) FROM leases WHERE released = 0 AND in_flight IS NOT NULL AND expires_at > ?1",
@@ -94,7 +94,7 @@ fn read_meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError
     .map_err(sql_error)
 }
 
-fn write_meta(tx: &Transaction<'_>, key: &str, value: &[u8]) -> Result<(), StoreError> {
+fn write_meta(tx: &Connection, key: &str, value: &[u8]) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -117,15 +117,11 @@ fn read_store_id(conn: &Connection) -> Result<Option<StoreId>, StoreError> {
         .transpose()
 }
 
-fn write_store_id(tx: &Transaction<'_>, store: StoreId) -> Result<(), StoreError> {
+fn write_store_id(tx: &Connection, store: StoreId) -> Result<(), StoreError> {
     write_meta(tx, "store_id", store.as_bytes())
 }
 
-fn write_key_check(
-    tx: &Transaction<'_>,
-    keyring: &Keyring,
-    store: StoreId,
-) -> Result<(), StoreError> {
+fn write_key_check(tx: &Connection, keyring: &Keyring, store: StoreId) -> Result<(), StoreError> {
     let sealed = keyring
         .seal(&key_check_binding(store), KEY_CHECK_PLAINTEXT)
         .map_err(|e| e.into_store_error(KEY_CHECK_KIND, KEY_CHECK_NAME))?;
@@ -175,7 +171,7 @@ enum From {
 /// Re-seals every value of `column` with the primary key of `keyring`, bound to `store`;
 /// returns how many (rows without a value are skipped).
 fn reseal_column(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     keyring: &Keyring,
     column: &SealedColumn,
     from: From,
@@ -221,7 +217,7 @@ fn reseal_column(
 /// Re-seals a format-1 store in format 2 and seals each credential's status (trusting the
 /// plaintext columns this once); returns how many credentials and records.
 fn upgrade_to_format_2(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     keyring: &Keyring,
     store: StoreId,
 ) -> Result<(usize, usize), StoreError> {
@@ -317,7 +313,7 @@ impl Inner {
     /// re-keyed).
     pub(super) fn seal(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         kind: &'static str,
         name: &str,
         version: u64,
@@ -332,7 +328,7 @@ impl Inner {
     /// sealed by. Fails when the store was re-keyed to a key this process cannot get (a key
     /// from the environment): callers check this before asking a provider for tokens they
     /// could not store.
-    pub(super) fn sealing_keyring(&self, tx: &Transaction<'_>) -> Result<Keyring, StoreError> {
+    pub(super) fn sealing_keyring(&self, tx: &Connection) -> Result<Keyring, StoreError> {
         let Some(check) = read_key_check(tx)? else {
             return Ok(self.keyring());
         };

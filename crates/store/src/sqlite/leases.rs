@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension as _, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use authkeeper_core::name::CredentialName;
 use authkeeper_core::{Lease, LeaseAttempt, StoreError, Timestamp};
@@ -14,7 +14,7 @@ use super::{Inner, PENDING_HOLDER_RETRY};
 const WHAT: &str = "lease of credential";
 
 /// A lease row.
-struct LeaseRow {
+pub(super) struct LeaseRow {
     owner: String,
     fence: i64,
     expires_at: i64,
@@ -22,7 +22,7 @@ struct LeaseRow {
     released: bool,
 }
 
-fn read_lease(tx: &Transaction<'_>, name: &CredentialName) -> Result<Option<LeaseRow>, StoreError> {
+fn read_lease(tx: &Connection, name: &CredentialName) -> Result<Option<LeaseRow>, StoreError> {
     tx.query_row(
         "SELECT owner, fence, expires_at, via_flock, released FROM leases WHERE name = ?1",
         params![name.as_str()],
@@ -42,14 +42,14 @@ fn read_lease(tx: &Transaction<'_>, name: &CredentialName) -> Result<Option<Leas
 
 /// The fence of the lease row of `name`, if any (what a fenced write checks).
 pub(super) fn current_fence(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     name: &CredentialName,
 ) -> Result<Option<i64>, StoreError> {
     Ok(read_lease(tx, name)?.map(|lease| lease.fence))
 }
 
 fn write_lease(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     name: &CredentialName,
     owner: &str,
     fence: i64,
@@ -90,6 +90,102 @@ fn may_take(
     }
 }
 
+/// What taking a lease row found: the new fence and the row it replaced, or until when the
+/// current holder keeps it.
+pub(super) type Taken = Result<(i64, Option<LeaseRow>), Timestamp>;
+
+/// Takes the lease row of `name` inside write transaction `tx` when `may_take` allows it.
+pub(super) fn take_in(
+    tx: &Connection,
+    name: &CredentialName,
+    owner: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+    via_flock: bool,
+) -> Result<Taken, StoreError> {
+    let row = read_lease(tx, name)?;
+    if let Err(held_until) = may_take(via_flock, row.as_ref(), owner, now) {
+        return Ok(Err(held_until));
+    }
+    let previous_fence = row.as_ref().map_or(0, |row| row.fence);
+    let fence = previous_fence
+        .checked_add(1)
+        .ok_or_else(|| corrupt_row(WHAT, name, "fence overflow"))?;
+    write_lease(tx, name, owner, fence, expires_at, via_flock)?;
+    Ok(Ok((fence, row)))
+}
+
+/// Marks the refresh of `generation` in flight under lease `fence` inside `tx`; the marker a
+/// previous holder left, if any.
+pub(super) fn mark_in(
+    tx: &Connection,
+    name: &CredentialName,
+    fence: u64,
+    generation: u64,
+) -> Result<Option<u64>, StoreError> {
+    let previous: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT in_flight FROM leases WHERE name = ?1",
+            params![name.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    tx.execute(
+        "UPDATE leases SET in_flight = ?3 WHERE name = ?1 AND fence = ?2 AND released = 0",
+        params![name.as_str(), to_i64(fence), to_i64(generation)],
+    )
+    .map_err(sql_error)?;
+    previous
+        .flatten()
+        .map(|g| to_u64(WHAT, name, "in_flight", g))
+        .transpose()
+}
+
+/// Releases lease `fence` of `name` held by `owner` inside `tx` (and clears its marker).
+pub(super) fn release_in(
+    tx: &Connection,
+    name: &CredentialName,
+    owner: &str,
+    fence: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE leases SET released = 1, in_flight = NULL
+         WHERE name = ?1 AND owner = ?2 AND fence = ?3 AND released = 0",
+        params![name.as_str(), owner, to_i64(fence)],
+    )
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+/// The lease handed to the caller once its row is written.
+pub(super) fn granted(
+    name: &CredentialName,
+    owner: &str,
+    fence: i64,
+    previous: Option<&LeaseRow>,
+    expires_at: Timestamp,
+    os_lock: Option<crate::lock::LockGuard>,
+) -> Result<Lease, StoreError> {
+    let took_over_abandoned = previous.is_some_and(|row| !row.released);
+    if took_over_abandoned {
+        tracing::warn!(
+            credential = %name,
+            previous_owner = previous.map(|row| row.owner.as_str()),
+            via_os_lock = os_lock.is_some(),
+            "took over a refresh lease its holder never released"
+        );
+    }
+    Ok(Lease {
+        name: name.clone(),
+        owner: owner.to_owned(),
+        fence: to_u64(WHAT, name, "fence", fence)?,
+        expires_at,
+        took_over_abandoned,
+        guard: os_lock.map(|guard| Box::new(guard) as Box<dyn Send + Sync>),
+    })
+}
+
 impl Inner {
     pub(super) fn try_acquire_lease(
         &self,
@@ -101,39 +197,18 @@ impl Inner {
         let expires_at = now + ttl;
         let os_lock = self.locks.try_lock(name)?;
         let via_flock = os_lock.is_some();
-        let taken = self.write(|tx| {
-            let row = read_lease(tx, name)?;
-            if let Err(held_until) = may_take(via_flock, row.as_ref(), owner, now) {
-                return Ok(Err(held_until));
-            }
-            let previous_fence = row.as_ref().map_or(0, |row| row.fence);
-            let fence = previous_fence
-                .checked_add(1)
-                .ok_or_else(|| corrupt_row(WHAT, name, "fence overflow"))?;
-            write_lease(tx, name, owner, fence, expires_at, via_flock)?;
-            Ok(Ok((fence, row)))
-        })?;
-        let (fence, previous) = match taken {
-            Ok(taken) => taken,
-            Err(held_until) => return Ok(LeaseAttempt::Busy { held_until }),
-        };
-        let took_over_abandoned = previous.as_ref().is_some_and(|row| !row.released);
-        if took_over_abandoned {
-            tracing::warn!(
-                credential = %name,
-                previous_owner = previous.as_ref().map(|row| row.owner.as_str()),
-                via_os_lock = via_flock,
-                "took over a refresh lease its holder never released"
-            );
+        let taken = self.write(|tx| take_in(tx, name, owner, expires_at, now, via_flock))?;
+        match taken {
+            Ok((fence, previous)) => Ok(LeaseAttempt::Acquired(granted(
+                name,
+                owner,
+                fence,
+                previous.as_ref(),
+                expires_at,
+                os_lock,
+            )?)),
+            Err(held_until) => Ok(LeaseAttempt::Busy { held_until }),
         }
-        Ok(LeaseAttempt::Acquired(Lease {
-            name: name.clone(),
-            owner: owner.to_owned(),
-            fence: to_u64(WHAT, name, "fence", fence)?,
-            expires_at,
-            took_over_abandoned,
-            guard: os_lock.map(|guard| Box::new(guard) as Box<dyn Send + Sync>),
-        }))
     }
 
     pub(super) fn renew_lease(
@@ -156,14 +231,7 @@ impl Inner {
 
     pub(super) fn release_lease(&self, mut lease: Lease) -> Result<(), StoreError> {
         let guard = lease.guard.take();
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE leases SET released = 1, in_flight = NULL
-                 WHERE name = ?1 AND owner = ?2 AND fence = ?3 AND released = 0",
-                params![lease.name.as_str(), lease.owner, to_i64(lease.fence)],
-            )
-            .map_err(sql_error)
-        })?;
+        self.write(|tx| release_in(tx, &lease.name, &lease.owner, lease.fence))?;
         // Only now may the next holder take the OS lock: it must see the row released.
         drop(guard);
         Ok(())
@@ -175,29 +243,12 @@ impl Inner {
         fence: u64,
         generation: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let previous = self.write(|tx| {
+        self.write(|tx| {
             // A provider is about to be asked for tokens: make sure they can be stored (a
             // process whose key was rotated away would redeem the refresh token and lose the
             // answer).
             self.sealing_keyring(tx)?;
-            let previous: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT in_flight FROM leases WHERE name = ?1",
-                    params![name.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sql_error)?;
-            tx.execute(
-                "UPDATE leases SET in_flight = ?3 WHERE name = ?1 AND fence = ?2 AND released = 0",
-                params![name.as_str(), to_i64(fence), to_i64(generation)],
-            )
-            .map_err(sql_error)?;
-            Ok(previous)
-        })?;
-        previous
-            .flatten()
-            .map(|g| to_u64(WHAT, name, "in_flight", g))
-            .transpose()
+            mark_in(tx, name, fence, generation)
+        })
     }
 }

@@ -16,17 +16,19 @@
 mod credentials;
 mod errors;
 mod file;
+mod group_commit;
 mod keyring;
 mod leases;
 mod migrations;
 mod records;
+mod refresh;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 use authkeeper_core::StoreError;
 
@@ -53,7 +55,11 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    /// The write connection, shared by group commit.
+    writes: group_commit::GroupCommit,
+    /// A second connection for reads: they see committed data only and never wait for a
+    /// batch's `fsync`.
+    reader: Mutex<Connection>,
     keyring: RwLock<Keyring>,
     key_file: Option<PathBuf>,
     /// Bound into every sealed value (see [`crate::seal::Binding`]).
@@ -150,10 +156,22 @@ impl SqliteStore {
         }
         let store_id = open_store_keys(&mut conn, &keyring, path)?;
         let locks = LockDir::open(path)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| {
+            StoreError::unavailable(format!("cannot open the store {}", path.display()), e)
+        })?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(sql_error)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                conn: Mutex::new(conn),
+                writes: group_commit::GroupCommit::new(conn),
+                reader: Mutex::new(reader),
                 keyring: RwLock::new(keyring),
                 key_file,
                 store_id,
@@ -224,23 +242,18 @@ where
 }
 
 impl Inner {
+    /// The read connection.
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction open (it rolls back on drop).
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        // A panic while holding the lock cannot leave a transaction open (reads autocommit).
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `work` in one immediate (write-locking) transaction, committed when it succeeds.
-    /// Nothing is written when it fails: dropping the transaction rolls it back.
+    /// Runs `work` as one atomic write, durable when this returns `Ok` (see [`group_commit`]).
+    /// Nothing of it is written when it fails.
     fn write<T>(
         &self,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
-        let value = work(&tx)?;
-        tx.commit().map_err(sql_error)?;
-        Ok(value)
+        self.writes.write(work)
     }
 }

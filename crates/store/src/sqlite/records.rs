@@ -120,14 +120,14 @@ impl Inner {
             Expect::Version(version) => to_i64(version),
         };
         // One statement: the version check and the delete are atomic, and durable on return.
-        let deleted = self
-            .conn()
-            .execute(
+        let deleted = self.write(|tx| {
+            tx.execute(
                 "DELETE FROM records WHERE kind = ?1 AND part = ?2 AND item = ?3
                      AND (?4 = 0 OR version = ?4)",
                 params![kind.as_str(), key.part(), item(key), version],
             )
-            .map_err(sql_error)?;
+            .map_err(sql_error)
+        })?;
         Ok(deleted > 0)
     }
 
@@ -163,6 +163,51 @@ impl Inner {
                         "a stored item is not a valid name",
                     )
                 })?;
+                self.open_record(kind, key, version, &sealed, updated_at)
+            })
+            .collect()
+    }
+
+    fn list_kind(
+        &self,
+        kind: RecordKind,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        // `item = ''` for a one-segment key sorts before every item of its part, exactly as
+        // `RecordKey`'s order; an absent `after` starts before every key (part > '' always).
+        let (after_part, after_item) = after.map_or(("", ""), |key| (key.part(), item(key)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, String, i64, Vec<u8>, i64)> = {
+            let conn = self.conn();
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT part, item, version, sealed, updated_at FROM records
+                     WHERE kind = ?1 AND (part, item) > (?2, ?3)
+                     ORDER BY part, item LIMIT ?4",
+                )
+                .map_err(sql_error)?;
+            let rows = statement
+                .query_map(
+                    params![kind.as_str(), after_part, after_item, limit],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
+                )
+                .map_err(sql_error)?;
+            rows.collect::<Result<_, _>>().map_err(sql_error)?
+        };
+        rows.into_iter()
+            .map(|(part, item, version, sealed, updated_at)| {
+                let item = (!item.is_empty()).then_some(item.as_str());
+                let key = RecordKey::from_segments(&part, item)
+                    .map_err(|_| corrupt_row(kind.as_str(), &part, "not a valid key"))?;
                 self.open_record(kind, key, version, &sealed, updated_at)
             })
             .collect()
@@ -227,6 +272,17 @@ impl RecordStore for SqliteStore {
     ) -> Result<Vec<Record>, StoreError> {
         let parent = parent.clone();
         self.run(move |inner| inner.list_children(kind, &parent))
+            .await
+    }
+
+    async fn list_kind(
+        &self,
+        kind: RecordKind,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let after = after.cloned();
+        self.run(move |inner| inner.list_kind(kind, after.as_ref(), limit))
             .await
     }
 
