@@ -2,7 +2,8 @@
 //! [--credentials N]` (default 100 000). Builds N credentials (one token endpoint, 43-character
 //! opaque tokens as the mock IdP issues) over a MemoryStore and prints the resident memory each
 //! phase adds, per credential: the store's records, the Keeper's entries, the cached tokens
-//! (after warm-up), and the proactive schedule (heartbeat).
+//! (after warm-up), and the proactive schedule (heartbeat). Credentials share one provider's
+//! settings unless `--unshared`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,7 @@ fn main() {
     {
         credentials = n;
     }
+    let unshared = args.iter().any(|a| a == "--unshared");
     if args.iter().any(|a| a == "--smoke") {
         credentials = 2_000;
     }
@@ -89,9 +91,15 @@ fn main() {
         }
         let stored = rss();
         let mut builder = Keeper::builder(store, SystemClock::shared());
-        let shared = settings();
+        // Credentials of one provider share their settings (`--unshared`: each its own copy,
+        // as credentials with their own tables).
+        let shared = Arc::new(settings());
         for name in &names {
-            builder = builder.credential(name.clone(), shared.clone());
+            builder = if unshared {
+                builder.credential(name.clone(), settings())
+            } else {
+                builder.credential_shared(name.clone(), Arc::clone(&shared))
+            };
         }
         let keeper = builder.build().expect("keeper");
         let built = rss();
@@ -102,7 +110,10 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let scheduled = rss();
         heartbeat.abort();
-        println!("credentials: {credentials}");
+        println!(
+            "credentials: {credentials} ({} settings)",
+            if unshared { "own" } else { "shared provider" }
+        );
         println!(
             "store records (MemoryStore):   {:>7.0} B/credential",
             per(start, stored)
