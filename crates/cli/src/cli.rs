@@ -72,6 +72,10 @@ pub enum Command {
     /// Manage broker client keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Connections through a running broker (AUTHKEEPER_URL, key in AUTHKEEPER_API_KEY): list,
+    /// show, add (from a provider, with labels and a token response on stdin), rm.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
     /// Log a credential in: device code, browser (authorization code + PKCE) or login command.
     Login(crate::commands::login::LoginArgs),
     /// Revoke a credential's tokens at the provider and delete them.
@@ -225,6 +229,65 @@ pub struct McpArgs {
     /// AUTHKEEPER_CHECKPOINT_URL).
     #[arg(long)]
     pub task: Option<String>,
+}
+
+/// `authkeeper credentials`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Every credential the key may use, a page at a time (`--json`: one JSON object per line).
+    List {
+        /// The broker (default: AUTHKEEPER_URL).
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// Only this provider's.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only with this label: KEY=VALUE, or KEY for any value.
+        #[arg(long)]
+        label: Option<String>,
+        /// Only in this state (valid, refreshing, backing_off, needs_reauth, disabled).
+        #[arg(long)]
+        state: Option<String>,
+        /// One JSON object per credential.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One credential's state (never a secret).
+    Show {
+        /// The broker (default: AUTHKEEPER_URL).
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// The credential.
+        name: String,
+    },
+    /// Create a connection of a provider.
+    Add {
+        /// The broker (default: AUTHKEEPER_URL).
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// The new credential's name.
+        name: String,
+        /// The `[providers.NAME]` it belongs to.
+        #[arg(long)]
+        provider: String,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A scope replacing the provider's (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Read the provider's token response (JSON) from stdin and store it as its tokens.
+        #[arg(long)]
+        token_response: bool,
+    },
+    /// Delete a connection and its tokens.
+    Rm {
+        /// The broker (default: AUTHKEEPER_URL).
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// The credential.
+        name: String,
+    },
 }
 
 /// `authkeeper keys`.

@@ -120,9 +120,9 @@ pub struct Config {
     /// credential with `provider = "NAME"` inherits every key it does not set itself.
     #[serde(default)]
     pub providers: BTreeMap<String, toml::Table>,
-    /// Credentials by name.
+    /// Credentials by name. Credentials that set nothing but `provider` share one value.
     #[serde(default)]
-    pub credentials: BTreeMap<CredentialName, CredentialConfig>,
+    pub credentials: BTreeMap<CredentialName, std::sync::Arc<CredentialConfig>>,
     /// Re-authentication notifications (`authkeeper serve`).
     #[serde(default)]
     pub notify: Option<authkeeper_server::notify::NotifyConfig>,
@@ -205,8 +205,45 @@ impl Config {
         let provider_only = provider_only(&raw);
         inherit_providers(&mut raw).map_err(ConfigurationError)?;
         let mut config: Config = toml::Value::Table(raw).try_into()?;
+        // Credentials that only name a provider (no labels) are equal: keep one copy of each
+        // provider's (a config of 100 000 such credentials would otherwise hold 100 000).
+        let mut shared: BTreeMap<String, std::sync::Arc<CredentialConfig>> = BTreeMap::new();
+        for (name, credential) in config.credentials.iter_mut() {
+            if !provider_only.contains(name.as_str()) || !credential.labels.is_empty() {
+                continue;
+            }
+            let Some(provider) = credential.provider.clone() else {
+                continue;
+            };
+            match shared.get(&provider) {
+                Some(first) => *credential = std::sync::Arc::clone(first),
+                None => {
+                    shared.insert(provider, std::sync::Arc::clone(credential));
+                }
+            }
+        }
         config.provider_only = provider_only;
         Ok(config)
+    }
+
+    /// Every `[providers.NAME]`, resolved as a credential would be (connections created through
+    /// the API use these settings).
+    pub fn resolved_providers(
+        &self,
+    ) -> anyhow::Result<
+        std::collections::HashMap<String, std::sync::Arc<authkeeper_core::CredentialSettings>>,
+    > {
+        let mut providers = std::collections::HashMap::new();
+        for (name, table) in &self.providers {
+            let config: CredentialConfig = toml::Value::Table(table.clone())
+                .try_into()
+                .with_context(|| format!("provider `{name}`"))?;
+            let settings = config
+                .resolve(name)
+                .with_context(|| format!("provider `{name}`"))?;
+            providers.insert(name.clone(), std::sync::Arc::new(settings));
+        }
+        Ok(providers)
     }
 
     /// Checks the whole file (every section, every URL scheme) without resolving secret
@@ -534,7 +571,7 @@ mod tests {
             plan.policy.max_session_age,
             Some(std::time::Duration::from_secs(24 * 3600))
         );
-        let mut bad = crm.clone();
+        let mut bad = CredentialConfig::clone(crm);
         bad.relogin_window = Some("1am-5am".into());
         let error =
             authkeeper_login::reauth::ReauthPlan::from_config("crm", &bad, &Default::default())

@@ -4,6 +4,7 @@
 mod bad_input;
 mod broker_oidc;
 mod commands;
+mod connections;
 mod cross_process;
 mod demo;
 mod egress;

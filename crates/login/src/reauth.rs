@@ -163,14 +163,14 @@ impl LoginReauthenticator {
     }
 
     /// The plans of every credential in `credentials` (a config file's `[credentials]`).
-    pub fn from_config(
-        credentials: &BTreeMap<CredentialName, CredentialConfig>,
+    pub fn from_config<C: std::borrow::Borrow<CredentialConfig>>(
+        credentials: &BTreeMap<CredentialName, C>,
         settings: ReauthSettings,
     ) -> Result<Self, ConfigError> {
         let plans = credentials
             .iter()
             .map(|(name, config)| {
-                let plan = ReauthPlan::from_config(name, config, &settings.child_env)?;
+                let plan = ReauthPlan::from_config(name, config.borrow(), &settings.child_env)?;
                 Ok((name.clone(), plan))
             })
             .collect::<Result<HashMap<_, _>, ConfigError>>()?;

@@ -205,7 +205,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 
 /// The public status of one credential.
 #[derive(Debug, Serialize)]
-struct StatusBody {
+pub(crate) struct StatusBody {
     name: String,
     state: &'static str,
     expires_at: Option<String>,
@@ -228,7 +228,11 @@ fn circuit_name(state: Option<CircuitState>) -> &'static str {
     }
 }
 
-fn status_body(state: &AppState, name: &str, summary: Option<&CredentialSummary>) -> StatusBody {
+pub(crate) fn status_body(
+    state: &AppState,
+    name: &str,
+    summary: Option<&CredentialSummary>,
+) -> StatusBody {
     let memory = state.keeper().status(name).unwrap_or_default();
     let status: CredentialStatus = match summary {
         Some(summary) if memory == CredentialStatus::default() => summary.status.clone(),
@@ -275,6 +279,8 @@ pub(crate) struct ListQuery {
 const DEFAULT_PAGE: usize = 100;
 /// The largest page.
 const MAX_PAGE: usize = 1000;
+/// How many names a listing looks at per step while filtering.
+const SCAN_WINDOW: usize = 1000;
 
 /// What a page cursor encodes: the last name of the previous page (opaque to clients).
 fn encode_cursor(name: &str) -> String {
@@ -288,7 +294,7 @@ fn decode_cursor(cursor: &str) -> Option<String> {
 }
 
 /// The summary of `name` from memory when this process holds it, else from the store.
-async fn summary_of(
+pub(crate) async fn summary_of(
     state: &AppState,
     name: &CredentialName,
 ) -> Result<Option<CredentialSummary>, Problem> {
@@ -349,39 +355,50 @@ pub(crate) async fn list(
         ),
     };
     let mut credentials = Vec::new();
-    let mut last = None;
-    for name in state.keeper().credential_names_after(after.as_deref()) {
-        if credentials.len() == limit {
+    let mut last: Option<CredentialName> = None;
+    let mut scan_after = after;
+    'scan: while credentials.len() < limit {
+        let window = state
+            .keeper()
+            .credential_names_after(scan_after.as_deref(), SCAN_WINDOW);
+        let Some(end) = window.last() else {
             break;
+        };
+        scan_after = Some(end.to_string());
+        for name in &window {
+            if credentials.len() == limit {
+                break 'scan;
+            }
+            let tags = state.tags(name);
+            let tags = tags.as_deref();
+            if !client.may_use(name, tags) {
+                continue;
+            }
+            if let Some(provider) = &query.provider
+                && tags.and_then(|t| t.provider.as_ref()) != Some(provider)
+            {
+                continue;
+            }
+            if let Some(label) = &query.label
+                && !tags.is_some_and(|t| t.has_label(label))
+            {
+                continue;
+            }
+            let summary = summary_of(&state, name).await?;
+            let body = status_body(&state, name, summary.as_ref());
+            last = Some(name.clone());
+            if query
+                .state
+                .as_deref()
+                .is_some_and(|wanted| wanted != body.state)
+            {
+                continue;
+            }
+            credentials.push(body);
         }
-        let tags = state.tags(name);
-        if !client.may_use(name, tags) {
-            continue;
-        }
-        if let Some(provider) = &query.provider
-            && tags.and_then(|t| t.provider.as_ref()) != Some(provider)
-        {
-            continue;
-        }
-        if let Some(label) = &query.label
-            && !tags.is_some_and(|t| t.has_label(label))
-        {
-            continue;
-        }
-        let summary = summary_of(&state, name).await?;
-        let body = status_body(&state, name, summary.as_ref());
-        last = Some(name.as_str());
-        if query
-            .state
-            .as_deref()
-            .is_some_and(|wanted| wanted != body.state)
-        {
-            continue;
-        }
-        credentials.push(body);
     }
     let next_cursor = (credentials.len() == limit)
-        .then(|| last.map(encode_cursor))
+        .then(|| last.map(|name| encode_cursor(name.as_str())))
         .flatten();
     Ok(axum::Json(serde_json::json!({
         "credentials": credentials,

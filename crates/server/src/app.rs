@@ -25,7 +25,10 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Every route template, for documentation checks.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials"),
+    ("POST", "/v1/credentials"),
     ("GET", "/v1/credentials/{name}"),
+    ("PATCH", "/v1/credentials/{name}"),
+    ("DELETE", "/v1/credentials/{name}"),
     ("GET", "/v1/credentials/{name}/token"),
     ("POST", "/v1/credentials/{name}/rejected"),
     ("GET", "/v1/checkpoints/{task}"),
@@ -89,8 +92,16 @@ fn mcp_hosts(state: &AppState) -> Vec<String> {
 /// Every route except `/mcp`, authenticated where needed, tagged with its template.
 fn routes(state: &AppState) -> Router<AppState> {
     let api = Router::new()
-        .route("/v1/credentials", get(api::list))
-        .route("/v1/credentials/{name}", get(api::status))
+        .route(
+            "/v1/credentials",
+            get(api::list).post(crate::connections::create),
+        )
+        .route(
+            "/v1/credentials/{name}",
+            get(api::status)
+                .patch(crate::connections::update)
+                .delete(crate::connections::delete),
+        )
         .route("/v1/credentials/{name}/token", get(api::token))
         .route("/v1/credentials/{name}/rejected", post(api::rejected))
         .route(

@@ -24,6 +24,9 @@ pub(crate) trait Resource {
     type Name;
     /// The path parameter holding the name.
     const PARAM: &'static str;
+    /// Whether the name is a credential's (a connection another replica created is looked up
+    /// in the store before authorizing).
+    const CREDENTIAL: bool = false;
 
     /// Validates `text` and checks that `client` may use what it names.
     fn authorize(
@@ -58,6 +61,9 @@ impl<R: Resource> FromRequestParts<AppState> for Authorized<R> {
             .find(|(key, _)| key == R::PARAM)
             .map(|(_, value)| value.as_str())
             .unwrap_or_default();
+        if R::CREDENTIAL && !state.is_configured(text) {
+            crate::connections::discover(state, text).await;
+        }
         let name = R::authorize(state, &client, text)?;
         Ok(Authorized { client, name })
     }
@@ -86,7 +92,7 @@ fn credential(
     text: &str,
 ) -> Result<CredentialName, Problem> {
     let name = CredentialName::new(text).map_err(|_| invalid_name("credential name"))?;
-    if !client.may_use(&name, state.tags(&name)) || !state.is_configured(&name) {
+    if !client.may_use(&name, state.tags(&name).as_deref()) || !state.is_configured(&name) {
         return Err(Problem::forbidden());
     }
     Ok(name)
@@ -98,6 +104,7 @@ pub(crate) struct TokenOf;
 impl Resource for TokenOf {
     type Name = CredentialName;
     const PARAM: &'static str = "name";
+    const CREDENTIAL: bool = true;
 
     fn authorize(
         state: &AppState,
@@ -117,6 +124,7 @@ pub(crate) struct ProxyTo;
 impl Resource for ProxyTo {
     type Name = CredentialName;
     const PARAM: &'static str = "name";
+    const CREDENTIAL: bool = true;
 
     fn authorize(
         state: &AppState,
@@ -136,6 +144,7 @@ pub(crate) struct StatusOf;
 impl Resource for StatusOf {
     type Name = CredentialName;
     const PARAM: &'static str = "name";
+    const CREDENTIAL: bool = true;
 
     fn authorize(
         state: &AppState,

@@ -87,6 +87,8 @@ pub struct BrokerConfig {
     pub session_maintenance: Option<Duration>,
     /// Provider and labels of the credentials that have either (see [`tags_from`]).
     pub credential_tags: HashMap<String, CredentialTags>,
+    /// The providers connections are created from (`POST /v1/credentials`), resolved.
+    pub providers: HashMap<String, Arc<authkeeper_core::CredentialSettings>>,
 }
 
 impl BrokerConfig {
@@ -104,6 +106,7 @@ impl BrokerConfig {
             sessions: None,
             session_maintenance: None,
             credential_tags: HashMap::new(),
+            providers: HashMap::new(),
         }
     }
 }
@@ -111,7 +114,7 @@ impl BrokerConfig {
 /// The provider and labels of every credential that has either, for client scopes
 /// (`provider:NAME`, `label:KEY=VALUE`) and listing filters.
 pub fn tags_from(
-    credentials: &BTreeMap<CredentialName, CredentialConfig>,
+    credentials: &BTreeMap<CredentialName, Arc<CredentialConfig>>,
 ) -> HashMap<String, CredentialTags> {
     credentials
         .iter()
@@ -133,7 +136,7 @@ pub fn tags_from(
 /// through the account's proxy (unless it names its own) with the session's `User-Agent` and
 /// `Accept-Language`; `sessions` is the pool holding those sessions.
 pub fn upstreams_from(
-    credentials: &BTreeMap<CredentialName, CredentialConfig>,
+    credentials: &BTreeMap<CredentialName, Arc<CredentialConfig>>,
     sessions: Option<&authkeeper_session::SessionPool>,
 ) -> Result<HashMap<String, Upstream>, authkeeper_core::config::ConfigError> {
     let mut upstreams = HashMap::new();
@@ -237,6 +240,8 @@ impl Broker {
     /// the background (`/readyz` answers 200 once done).
     pub async fn start(keeper: Keeper, config: BrokerConfig) -> Result<Broker, BrokerError> {
         let metrics = config.metrics.unwrap_or_default();
+        metrics.set_per_credential_limit(config.server.per_credential_metrics);
+        metrics.update_credentials(&keeper, keeper.clock().now());
         let tls = match &config.server.tls {
             Some(tls) => Some(tls_acceptor(tls)?),
             None => None,
@@ -252,13 +257,18 @@ impl Broker {
         )?
         .with_readiness_probe(config.readiness_probe)
         .with_sessions(config.sessions.clone())
-        .with_credential_tags(config.credential_tags);
+        .with_credential_tags(config.credential_tags)
+        .with_providers(config.providers);
         let janitor = match (&config.sessions, config.session_maintenance) {
             (Some(pool), Some(every)) => Some(pool.clone().spawn_maintenance(every)),
             _ => None,
         };
         let warm_state = state.clone();
         let warm_up = tokio::spawn(async move {
+            let connections = crate::connections::load_all(&warm_state).await;
+            if connections > 0 {
+                tracing::info!(connections, "connections added from the store");
+            }
             let failures = warm_state.keeper().warm_up().await;
             let failures = failures
                 .into_iter()

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before closing connections (default 10s).
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Up to how many credentials metrics carry a `credential` label (default 1000); beyond,
+    /// one aggregate series (`credential="*"`) and counts by state.
+    #[serde(default = "defaults::per_credential_metrics")]
+    pub per_credential_metrics: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             pass_env: Vec::new(),
             public_url: None,
             shutdown_grace: defaults::shutdown_grace(),
+            per_credential_metrics: defaults::per_credential_metrics(),
         }
     }
 }
@@ -274,6 +279,10 @@ mod defaults {
     pub fn request_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn per_credential_metrics() -> usize {
+        crate::metrics::PER_CREDENTIAL_LIMIT
+    }
+
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }

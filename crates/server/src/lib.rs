@@ -16,6 +16,7 @@ mod authorize;
 pub mod broker;
 pub mod checkpoints;
 pub mod config;
+pub mod connections;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;

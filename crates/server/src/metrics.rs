@@ -77,7 +77,22 @@ pub struct Metrics {
     lease_takeovers: Family<CredentialLabel, Counter>,
     session_events: Family<EventLabel, Counter>,
     sessions: Family<SiteStateLabels, Gauge>,
+    credentials: Family<StateLabel, Gauge>,
+    /// Label series per credential (else one aggregate `credential="*"` series): on while the
+    /// broker holds at most `per_credential_limit` credentials.
+    per_credential: std::sync::atomic::AtomicBool,
+    per_credential_limit: std::sync::atomic::AtomicUsize,
 }
+
+/// Label of the per-state credential count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// Credentials up to which metrics carry a `credential` label by default: beyond, a scrape
+/// of a million series would cost more than it tells.
+pub const PER_CREDENTIAL_LIMIT: usize = 1000;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,7 +188,16 @@ impl Metrics {
             "Stored browser sessions by site and state (active, needs_login, retired, leased)",
             sessions.clone(),
         );
+        let credentials = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "credentials",
+            "Credentials held by the broker, by state",
+            credentials.clone(),
+        );
         Metrics {
+            credentials,
+            per_credential: std::sync::atomic::AtomicBool::new(true),
+            per_credential_limit: std::sync::atomic::AtomicUsize::new(PER_CREDENTIAL_LIMIT),
             session_events,
             sessions,
             lost_in_crash,
@@ -191,42 +215,95 @@ impl Metrics {
         }
     }
 
+    /// Sets how many credentials the broker may hold before metrics stop carrying a
+    /// `credential` label (`[server] per_credential_metrics`).
+    pub fn set_per_credential_limit(&self, limit: usize) {
+        self.per_credential_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `credential` label of `name`: the name, or `*` above the per-credential limit.
+    fn credential_label(&self, name: &str) -> String {
+        if self
+            .per_credential
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            name.to_owned()
+        } else {
+            "*".to_owned()
+        }
+    }
+
     /// Counts one token API request (`outcome`: `ok` or a problem slug).
     pub fn token_request(&self, credential: &str, outcome: &str) {
         self.token_requests
             .get_or_create(&OutcomeLabels {
-                credential: credential.to_owned(),
+                credential: self.credential_label(credential),
                 outcome: outcome.to_owned(),
             })
             .inc();
     }
 
-    /// Recomputes the per-credential gauges from what the Keeper holds in memory (a scrape never
-    /// reads the store).
+    /// Recomputes the credential gauges from what the Keeper holds in memory (a scrape never
+    /// reads the store): counts by state, and per credential while there are at most
+    /// `per_credential_limit` of them.
     pub fn update_credentials(&self, keeper: &Keeper, now: Timestamp) {
-        let mut needing_reauth = 0;
-        for name in keeper.credential_names() {
-            let Some(snapshot) = keeper.snapshot(name) else {
-                continue;
+        use std::sync::atomic::Ordering::Relaxed;
+        let per_credential = keeper.credential_count() <= self.per_credential_limit.load(Relaxed);
+        if self.per_credential.swap(per_credential, Relaxed) && !per_credential {
+            self.token_expiry.clear();
+            self.circuit_state.clear();
+        }
+        let mut by_state: std::collections::BTreeMap<&'static str, i64> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let names = keeper.credential_names_after(after.as_deref(), 4096);
+            let Some(last) = names.last() else {
+                break;
             };
-            let label = CredentialLabel {
-                credential: name.to_string(),
-            };
-            if let Some(expires_at) = snapshot.expires_at {
-                self.token_expiry
-                    .get_or_create(&label)
-                    .set(expires_at.millis_since(now) as f64 / 1000.0);
-            }
-            if snapshot.status.state == CredentialState::NeedsReauth {
-                needing_reauth += 1;
-            }
-            if let Some(circuit) = keeper.circuit_state(name) {
-                self.circuit_state
-                    .get_or_create(&label)
-                    .set(i64::from(circuit.code()));
+            after = Some(last.to_string());
+            for name in &names {
+                let Some(snapshot) = keeper.snapshot(name) else {
+                    continue;
+                };
+                *by_state.entry(snapshot.status.state.as_str()).or_default() += 1;
+                if !per_credential {
+                    continue;
+                }
+                let label = CredentialLabel {
+                    credential: name.to_string(),
+                };
+                if let Some(expires_at) = snapshot.expires_at {
+                    self.token_expiry
+                        .get_or_create(&label)
+                        .set(expires_at.millis_since(now) as f64 / 1000.0);
+                }
+                if let Some(circuit) = keeper.circuit_state(name) {
+                    self.circuit_state
+                        .get_or_create(&label)
+                        .set(i64::from(circuit.code()));
+                }
             }
         }
-        self.needing_reauth.set(needing_reauth);
+        for state in [
+            CredentialState::Valid,
+            CredentialState::Refreshing,
+            CredentialState::BackingOff,
+            CredentialState::NeedsReauth,
+            CredentialState::Disabled,
+        ] {
+            self.credentials
+                .get_or_create(&StateLabel {
+                    state: state.as_str().to_owned(),
+                })
+                .set(by_state.get(state.as_str()).copied().unwrap_or(0));
+        }
+        self.needing_reauth.set(
+            by_state
+                .get(CredentialState::NeedsReauth.as_str())
+                .copied()
+                .unwrap_or(0),
+        );
     }
 
     /// Brings the session metrics up to date with the pool's counters and its last census
@@ -289,7 +366,7 @@ impl EventSink for Metrics {
             Event::Refreshed { name, latency, .. } => {
                 self.refreshes
                     .get_or_create(&ResultLabels {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                         result: "ok".to_owned(),
                     })
                     .inc();
@@ -303,7 +380,7 @@ impl EventSink for Metrics {
             } => {
                 self.refreshes
                     .get_or_create(&ResultLabels {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                         result: class.as_str().to_owned(),
                     })
                     .inc();
@@ -314,7 +391,7 @@ impl EventSink for Metrics {
             } => {
                 self.rejections
                     .get_or_create(&RefreshedLabels {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                         refreshed: refreshed.to_string(),
                     })
                     .inc();
@@ -322,21 +399,21 @@ impl EventSink for Metrics {
             Event::LostInCrash { name, .. } => {
                 self.lost_in_crash
                     .get_or_create(&CredentialLabel {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                     })
                     .inc();
             }
             Event::WriteFenced { name, .. } => {
                 self.writes_fenced
                     .get_or_create(&CredentialLabel {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                     })
                     .inc();
             }
             Event::LeaseTakenOver { name } => {
                 self.lease_takeovers
                     .get_or_create(&CredentialLabel {
-                        credential: (*name).to_owned(),
+                        credential: self.credential_label(name),
                     })
                     .inc();
             }
@@ -349,7 +426,7 @@ impl ProxyObserver for Metrics {
     fn proxy_response(&self, credential: &str, status: u16) {
         self.proxy_requests
             .get_or_create(&StatusLabels {
-                credential: credential.to_owned(),
+                credential: self.credential_label(credential),
                 status: status.to_string(),
             })
             .inc();
@@ -384,5 +461,46 @@ mod tests {
             text.contains("authkeeper_proxy_requests_total{credential=\"crm\",status=\"200\"} 1")
         );
         assert!(text.contains("authkeeper_refresh_duration_seconds_count 1"));
+    }
+
+    #[tokio::test]
+    async fn above_the_limit_credentials_share_one_series_and_are_counted_by_state() {
+        let store = std::sync::Arc::new(authkeeper_core::MemoryStore::new());
+        let settings: authkeeper_core::CredentialConfig = serde_json::from_value(
+            serde_json::json!({"token_url": "http://127.0.0.1:9/token", "client_id": "c", "client_secret": "s"}),
+        )
+        .expect("config");
+        let mut builder = Keeper::builder(store, authkeeper_core::SystemClock::shared());
+        for name in ["a", "b", "c"] {
+            builder = builder.credential(
+                authkeeper_core::CredentialName::new(name).expect("name"),
+                settings.resolve(name).expect("settings"),
+            );
+        }
+        let keeper = builder.build().expect("keeper");
+        let metrics = Metrics::new();
+        metrics.set_per_credential_limit(2);
+        metrics.update_credentials(&keeper, Timestamp::from_secs(0));
+        metrics.token_request("a", "ok");
+        metrics.token_request("b", "ok");
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains("authkeeper_token_requests_total{credential=\"*\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("credential=\"a\""), "{text}");
+        assert!(
+            text.contains("authkeeper_credentials{state=\"valid\"} 3"),
+            "{text}"
+        );
+        metrics.set_per_credential_limit(3);
+        metrics.update_credentials(&keeper, Timestamp::from_secs(0));
+        metrics.token_request("a", "ok");
+        assert!(
+            metrics
+                .encode()
+                .expect("encodes")
+                .contains("credential=\"a\"")
+        );
     }
 }

@@ -68,11 +68,13 @@ pub enum ProblemType {
     UnknownLease,
     /// A browser login for the site failed (502; 503 + `Retry-After` when transient).
     LoginFailed,
+    /// A credential of that name exists already, or is declared in the configuration (409).
+    AlreadyExists,
 }
 
 impl ProblemType {
     /// Every problem type, for documentation and tests.
-    pub const ALL: [ProblemType; 23] = [
+    pub const ALL: [ProblemType; 24] = [
         ProblemType::NeedsReauth,
         ProblemType::UnknownCredential,
         ProblemType::Forbidden,
@@ -96,6 +98,7 @@ impl ProblemType {
         ProblemType::LeaseLost,
         ProblemType::UnknownLease,
         ProblemType::LoginFailed,
+        ProblemType::AlreadyExists,
     ];
 
     /// The short kebab-case slug, the last segment of the URN.
@@ -124,6 +127,7 @@ impl ProblemType {
             ProblemType::LeaseLost => "lease-lost",
             ProblemType::UnknownLease => "unknown-lease",
             ProblemType::LoginFailed => "login-failed",
+            ProblemType::AlreadyExists => "already-exists",
         }
     }
 
@@ -158,6 +162,7 @@ impl ProblemType {
             ProblemType::LeaseLost => "Lease lost",
             ProblemType::UnknownLease => "Unknown lease",
             ProblemType::LoginFailed => "Login failed",
+            ProblemType::AlreadyExists => "Already exists",
         }
     }
 
@@ -186,6 +191,7 @@ impl ProblemType {
             ProblemType::LeaseLost => StatusCode::CONFLICT,
             ProblemType::UnknownLease => StatusCode::NOT_FOUND,
             ProblemType::LoginFailed => StatusCode::BAD_GATEWAY,
+            ProblemType::AlreadyExists => StatusCode::CONFLICT,
         }
     }
 }
@@ -296,6 +302,9 @@ impl Problem {
                 (ProblemType::UnknownCredential, Some(name.as_str()), None)
             }
             KeeperError::NotStored(name) => (ProblemType::NeedsReauth, Some(name.as_str()), None),
+            KeeperError::AlreadyExists(name) => {
+                (ProblemType::AlreadyExists, Some(name.as_str()), None)
+            }
             KeeperError::NeedsReauth { name, .. } => {
                 (ProblemType::NeedsReauth, Some(name.as_str()), None)
             }

@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use authkeeper_core::{Keeper, RecordStore};
+use authkeeper_core::{CredentialSettings, Keeper, RecordStore};
 use authkeeper_session::SessionPool;
 
 use crate::auth::{ClientKeyError, ClientKeys, CredentialTags};
@@ -88,8 +88,10 @@ struct Inner {
     readiness: Readiness,
     probe: Option<Arc<dyn ReadinessProbe>>,
     sessions: Option<Arc<SessionPool>>,
-    /// Provider and labels of the credentials that have either.
-    tags: HashMap<String, CredentialTags>,
+    /// Provider and labels of the credentials that have either (connections come and go).
+    tags: RwLock<HashMap<String, Arc<CredentialTags>>>,
+    /// The `[providers.NAME]` connections can be created from, resolved.
+    providers: HashMap<String, Arc<CredentialSettings>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,7 +138,8 @@ impl AppState {
                 readiness: Readiness::default(),
                 probe: None,
                 sessions: None,
-                tags: HashMap::new(),
+                tags: RwLock::default(),
+                providers: HashMap::new(),
             }),
         })
     }
@@ -198,16 +201,51 @@ impl AppState {
     }
 
     /// Adds the providers and labels of credentials (call before the state is shared).
-    pub fn with_credential_tags(mut self, tags: HashMap<String, CredentialTags>) -> AppState {
+    pub fn with_credential_tags(self, tags: HashMap<String, CredentialTags>) -> AppState {
+        *self.inner.tags.write().unwrap_or_else(|p| p.into_inner()) = tags
+            .into_iter()
+            .map(|(name, tags)| (name, Arc::new(tags)))
+            .collect();
+        self
+    }
+
+    /// Adds the providers connections may be created from (call before the state is shared).
+    pub fn with_providers(
+        mut self,
+        providers: HashMap<String, Arc<CredentialSettings>>,
+    ) -> AppState {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.tags = tags;
+            inner.providers = providers;
         }
         self
     }
 
+    /// The resolved settings of provider `name`.
+    pub fn provider(&self, name: &str) -> Option<&Arc<CredentialSettings>> {
+        self.inner.providers.get(name)
+    }
+
     /// The provider and labels of `credential`, if it has either.
-    pub fn tags(&self, credential: &str) -> Option<&CredentialTags> {
-        self.inner.tags.get(credential)
+    pub fn tags(&self, credential: &str) -> Option<Arc<CredentialTags>> {
+        self.inner
+            .tags
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(credential)
+            .cloned()
+    }
+
+    /// Sets (or, with `None`, forgets) the provider and labels of `credential`.
+    pub fn set_tags(&self, credential: &str, tags: Option<CredentialTags>) {
+        let mut all = self.inner.tags.write().unwrap_or_else(|p| p.into_inner());
+        match tags {
+            Some(tags) => {
+                all.insert(credential.to_owned(), Arc::new(tags));
+            }
+            None => {
+                all.remove(credential);
+            }
+        }
     }
 
     /// The browser-session pool, when sites are configured.

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod credentials;
 mod debug;
 #[cfg(feature = "demo")]
 mod demo;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(&cli.global, args).await,
         Command::Serve(args) => serve::run(&cli.global, args).await,
         Command::Keys(command) => keys::run(command),
+        Command::Credentials(command) => credentials::run(command).await,
         Command::Login(args) => login::run(&cli.global, args).await,
         Command::Logout(args) => logout::run(&cli.global, args).await,
         Command::Sessions(command) => sessions::run(&cli.global, command).await,

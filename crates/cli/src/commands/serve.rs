@@ -72,6 +72,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         sessions,
         session_maintenance,
         credential_tags: tags_from(&context.config.credentials),
+        providers: context.config.resolved_providers()?,
     };
     let broker = Broker::start(keeper, config)
         .await

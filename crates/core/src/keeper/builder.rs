@@ -7,13 +7,10 @@ use std::sync::atomic::AtomicBool;
 use rand::Rng as _;
 use tokio::sync::Notify;
 
-use super::entry::Entry;
 use super::{Inner, Keeper, KeeperError, KeeperSettings, reauth_hook};
-use crate::backoff::CircuitBreaker;
 use crate::clock::SharedClock;
 use crate::config::CredentialSettings;
 use crate::events::SharedSink;
-use crate::grant::OAuthClient;
 use crate::name::CredentialName;
 use crate::reauth::Reauthenticator;
 use crate::source::TokenSource;
@@ -107,47 +104,15 @@ impl KeeperBuilder {
                     },
                 })?,
         };
-        // Credentials of one token endpoint share its circuit breaker.
-        let mut breakers: HashMap<String, Arc<CircuitBreaker>> = HashMap::new();
+        let factory = super::registry::EntryFactory::new(
+            http,
+            self.settings.breaker_threshold,
+            self.settings.backoff,
+        );
         let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
-        // Credentials with an egress proxy get a client through it, one per proxy.
-        let mut proxied: HashMap<String, reqwest::Client> = HashMap::new();
-        // Shared settings get one OAuth client (keyed by the settings' address).
-        let mut clients: HashMap<usize, Arc<OAuthClient>> = HashMap::new();
         for (name, settings) in self.credentials {
-            let shared = Arc::as_ptr(&settings) as usize;
-            let http = match &settings.client.proxy {
-                None => http.clone(),
-                Some(proxy) => match proxied.get(proxy.expose_url()) {
-                    Some(client) => client.clone(),
-                    None => {
-                        let client = crate::egress::http_client(Some(proxy)).map_err(|e| {
-                            KeeperError::Store {
-                                name: name.to_string(),
-                                source: StoreError::Other {
-                                    message: e.to_string(),
-                                    source: None,
-                                },
-                            }
-                        })?;
-                        proxied.insert(proxy.expose_url().to_owned(), client.clone());
-                        client
-                    }
-                },
-            };
-            let client = Arc::clone(
-                clients
-                    .entry(shared)
-                    .or_insert_with(|| Arc::new(OAuthClient::new(settings.client.clone(), http))),
-            );
             let source = self.sources.get(&name).cloned();
-            let breaker = Arc::clone(breakers.entry(client.endpoint_key()).or_insert_with(|| {
-                Arc::new(CircuitBreaker::new(
-                    self.settings.breaker_threshold,
-                    self.settings.backoff,
-                ))
-            }));
-            let entry = Entry::new(name.clone(), settings, client, source, breaker);
+            let entry = factory.entry(name.clone(), settings, source)?;
             entries.insert(name, Arc::new(entry));
         }
         let owner = format!(
@@ -165,6 +130,8 @@ impl KeeperBuilder {
                 settings: self.settings,
                 entries,
                 names,
+                connections: Default::default(),
+                factory,
                 sinks: self.sinks,
                 schedule_changed: Notify::new(),
                 due: Default::default(),

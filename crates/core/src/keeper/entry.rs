@@ -82,6 +82,8 @@ pub(super) struct Entry {
     late_this_generation: AtomicBool,
     /// The sequence number of this credential's live item in the due queue (0: none).
     pub(super) scheduled_seq: AtomicU64,
+    /// Removed at runtime ([`super::Keeper::remove_credential`]).
+    pub(super) removed: AtomicBool,
     status: Mutex<CredentialStatus>,
 }
 
@@ -107,6 +109,7 @@ impl Entry {
             delivery_margin_ms: AtomicU64::new(0),
             late_this_generation: AtomicBool::new(false),
             scheduled_seq: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
             status: Mutex::new(CredentialStatus::default()),
         }
     }

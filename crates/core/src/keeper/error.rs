@@ -13,6 +13,9 @@ pub enum KeeperError {
     /// The credential is not configured.
     #[error("unknown credential `{0}`")]
     UnknownCredential(String),
+    /// A credential of this name exists already.
+    #[error("credential `{0}` exists already")]
+    AlreadyExists(String),
     /// Nothing is stored for a credential whose grant needs a refresh token.
     #[error("no tokens stored for `{0}`: import or log in first (`authkeeper import {0}`)")]
     NotStored(String),
@@ -103,6 +106,7 @@ impl KeeperError {
     pub fn class(&self) -> ErrorClass {
         match self {
             KeeperError::UnknownCredential(_)
+            | KeeperError::AlreadyExists(_)
             | KeeperError::MinTtlTooLong { .. }
             | KeeperError::UnknownGeneration { .. } => ErrorClass::Configuration,
             KeeperError::NotStored(_) | KeeperError::NeedsReauth { .. } => ErrorClass::NeedsReauth,

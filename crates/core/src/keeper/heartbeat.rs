@@ -84,10 +84,10 @@ impl Keeper {
     pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
         self.inner.heartbeat_running.store(true, Ordering::Release);
         let now = self.now();
-        for entry in self.inner.entries.values() {
+        for entry in self.all_entries() {
             if entry.settings.heartbeat {
                 // Everything is looked at once; each then queues itself at its due time.
-                self.inner.due.schedule(entry, now);
+                self.inner.due.schedule(&entry, now);
             }
         }
         let keeper = self.clone();
@@ -116,6 +116,9 @@ impl Keeper {
     /// One due credential: runs its re-login check, starts its refresh if due, and queues its
     /// next check.
     fn check(&self, entry: &Arc<Entry>, now: Timestamp) {
+        if entry.removed.load(Ordering::Acquire) {
+            return; // removed at runtime: dropped from the queue
+        }
         let relogin_at = match self.check_relogin(entry, now) {
             ReloginCheck::At(at) => Some(at),
             // Needs re-authentication now: refreshing would only revive it.

@@ -31,6 +31,7 @@ mod heartbeat;
 mod lease;
 mod reauth_hook;
 mod refresh;
+mod registry;
 mod wait;
 
 use std::collections::HashMap;
@@ -96,6 +97,10 @@ struct Inner {
     entries: HashMap<CredentialName, Arc<Entry>, foldhash::fast::RandomState>,
     /// The names of `entries`, sorted.
     names: Vec<CredentialName>,
+    /// Credentials added at runtime.
+    connections: registry::Connections,
+    /// Makes the entries of both.
+    factory: registry::EntryFactory,
     sinks: Vec<SharedSink>,
     schedule_changed: Notify,
     /// The proactive schedule (see [`due_queue`]).
@@ -128,10 +133,7 @@ impl fmt::Debug for Keeper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keeper")
             .field("owner", &self.inner.owner)
-            .field(
-                "credentials",
-                &self.inner.entries.keys().collect::<Vec<_>>(),
-            )
+            .field("credentials", &self.credential_count())
             .finish_non_exhaustive()
     }
 }
@@ -142,24 +144,86 @@ impl Keeper {
         KeeperBuilder::new(store, clock)
     }
 
-    /// The configured credential names, in name order.
+    /// The credentials of the configuration, in name order (connections added at runtime:
+    /// [`Keeper::credential_names_after`]).
     pub fn credential_names(&self) -> impl Iterator<Item = &CredentialName> {
         self.inner.names.iter()
     }
 
-    /// The configured credential names after `after` (all when `None`), in name order: pages
-    /// of a listing without sorting every name again.
-    pub fn credential_names_after(&self, after: Option<&str>) -> &[CredentialName] {
+    /// Up to `limit` credential names after `after` (from the first when `None`), in name
+    /// order, configured ones and connections together: pages of a listing without sorting
+    /// every name again.
+    pub fn credential_names_after(&self, after: Option<&str>, limit: usize) -> Vec<CredentialName> {
         let names = &self.inner.names;
-        match after {
-            None => names,
+        let fixed = match after {
+            None => &names[..],
             Some(after) => &names[names.partition_point(|name| name.as_str() <= after)..],
+        };
+        let added = self.inner.connections.names_after(after, limit);
+        registry::merge_names(fixed, added, limit)
+    }
+
+    /// How many credentials this Keeper holds (configured and added).
+    pub fn credential_count(&self) -> usize {
+        self.inner.names.len() + self.inner.connections.len()
+    }
+
+    /// The credential called `name`, if this Keeper has it.
+    pub fn credential(&self, name: &str) -> Option<CredentialName> {
+        self.lookup(name).map(|entry| entry.name.clone())
+    }
+
+    /// Whether `name` was added at runtime ([`Keeper::add_credential`]) rather than configured.
+    pub fn is_connection(&self, name: &str) -> bool {
+        !self.inner.entries.contains_key(name) && self.inner.connections.get(name).is_some()
+    }
+
+    /// Adds credential `name` while running (a connection). Its tokens are loaded on first use
+    /// (or by [`Keeper::reload`], [`Keeper::warm_up`]). Fails when the name is taken.
+    pub async fn add_credential(
+        &self,
+        name: CredentialName,
+        settings: Arc<crate::config::CredentialSettings>,
+    ) -> Result<(), KeeperError> {
+        if self.inner.entries.contains_key(name.as_str()) {
+            return Err(KeeperError::AlreadyExists(name.to_string()));
+        }
+        let entry = Arc::new(self.inner.factory.entry(name.clone(), settings, None)?);
+        if !self.inner.connections.insert(Arc::clone(&entry)) {
+            return Err(KeeperError::AlreadyExists(name.to_string()));
+        }
+        if self.inner.heartbeat_running.load(Ordering::Acquire) && entry.settings.heartbeat {
+            self.reschedule(&entry);
+        }
+        Ok(())
+    }
+
+    /// Removes a credential added at runtime; `false` when there is none of that name (a
+    /// configured credential cannot be removed). A refresh in flight finishes; nothing is
+    /// scheduled for it any more.
+    pub fn remove_credential(&self, name: &str) -> bool {
+        match self.inner.connections.remove(name) {
+            Some(entry) => {
+                entry.removed.store(true, Ordering::Release);
+                true
+            }
+            None => false,
         }
     }
 
-    /// The configured credential called `name`, if any.
-    pub fn credential(&self, name: &str) -> Option<&CredentialName> {
-        self.inner.entries.get(name).map(|entry| &entry.name)
+    /// The entry of `name`, configured or added.
+    fn lookup(&self, name: &str) -> Option<Arc<Entry>> {
+        match self.inner.entries.get(name) {
+            Some(entry) => Some(Arc::clone(entry)),
+            None => self.inner.connections.get(name),
+        }
+    }
+
+    /// Every entry, configured and added.
+    fn all_entries(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<Arc<Entry>> = self.inner.entries.values().cloned().collect();
+        all.extend(self.inner.connections.all());
+        all
     }
 
     /// The store.
@@ -174,18 +238,18 @@ impl Keeper {
 
     /// The state of the circuit breaker of a credential's token endpoint.
     pub fn circuit_state(&self, name: &str) -> Option<CircuitState> {
-        self.inner.entries.get(name).map(|e| e.breaker.state())
+        self.lookup(name).map(|e| e.breaker.state())
     }
 
     /// The in-memory status of a credential (what this process last saw).
     pub fn status(&self, name: &str) -> Option<CredentialStatus> {
-        self.inner.entries.get(name).map(|e| e.status())
+        self.lookup(name).map(|e| e.status())
     }
 
     /// What this process holds of a credential, from memory (no store access): the cached
     /// generation and expiry, and the status. `None` for an unknown credential.
     pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
-        let entry = self.inner.entries.get(name)?;
+        let entry = self.lookup(name)?;
         let current = entry.current.load();
         Some(Snapshot {
             generation: current.as_ref().map_or(0, |c| c.generation),
@@ -194,10 +258,8 @@ impl Keeper {
         })
     }
 
-    fn entry(&self, name: &str) -> Result<&Arc<Entry>, KeeperError> {
-        self.inner
-            .entries
-            .get(name)
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, KeeperError> {
+        self.lookup(name)
             .ok_or_else(|| KeeperError::UnknownCredential(name.chars().take(128).collect()))
     }
 
@@ -215,7 +277,14 @@ impl Keeper {
     /// token's refresh is due, a background refresh is started (if a Tokio runtime is running).
     #[inline]
     pub fn cached_token(&self, name: &str, min_ttl: Duration) -> Option<Token> {
-        let entry = self.inner.entries.get(name)?;
+        match self.inner.entries.get(name) {
+            Some(entry) => self.cached_from(entry, min_ttl),
+            None => self.cached_from(&self.inner.connections.get(name)?, min_ttl),
+        }
+    }
+
+    #[inline]
+    fn cached_from(&self, entry: &Arc<Entry>, min_ttl: Duration) -> Option<Token> {
         let guard = entry.current.load();
         let current = guard.as_ref()?;
         let now = self.now();
@@ -239,7 +308,7 @@ impl Keeper {
         if let Some(token) = self.cached_token(name, min_ttl) {
             return Ok(token);
         }
-        let entry = self.entry(name)?;
+        let entry = &self.entry(name)?;
         if entry.current.load().is_none() {
             self.load(entry).await?;
             if let Some(token) = self.cached_token(name, min_ttl) {
@@ -268,7 +337,7 @@ impl Keeper {
     /// (and be stored). Call before exiting so no rotated refresh token is lost.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        for entry in self.inner.entries.values() {
+        for entry in self.all_entries() {
             let _flight = entry.flight.lock().await;
         }
     }
@@ -278,7 +347,7 @@ impl Keeper {
     /// newer generation. A generation newer than the stored one was never issued: refused with
     /// [`KeeperError::UnknownGeneration`], without a refresh.
     pub async fn rejected(&self, name: &str, generation: u64) -> Result<Token, KeeperError> {
-        let entry = self.entry(name)?;
+        let entry = &self.entry(name)?;
         if entry.current.load().is_none() {
             self.load(entry).await?;
         }
@@ -336,7 +405,7 @@ impl Keeper {
                 name: name.to_string(),
                 source,
             })?;
-        if let Ok(entry) = self.entry(name) {
+        if let Ok(entry) = &self.entry(name) {
             self.install(
                 entry,
                 StoredCredential {
@@ -372,8 +441,8 @@ impl Keeper {
             };
             after = Some(last.name.clone());
             for record in page {
-                if let Some(entry) = self.inner.entries.get(record.name.as_str()) {
-                    self.install(entry, record);
+                if let Some(entry) = self.lookup(record.name.as_str()) {
+                    self.install(&entry, record);
                 }
             }
         }
@@ -395,20 +464,20 @@ impl Keeper {
     /// Re-reads `name` from the store and installs a newer generation or status in the cache
     /// (another replica refreshed it). Wakes nobody else and starts no refresh.
     pub async fn reload(&self, name: &str) -> Result<(), KeeperError> {
-        let entry = self.entry(name)?;
+        let entry = &self.entry(name)?;
         if let Some(record) = self.read_store(entry).await? {
             self.install(entry, record);
         }
         Ok(())
     }
 
-    /// [`Keeper::reload`] for every configured credential (e.g. after missed change events);
-    /// returns the credentials that could not be read.
+    /// [`Keeper::reload`] for every credential (e.g. after missed change events); returns the
+    /// credentials that could not be read.
     pub async fn reload_all(&self) -> Vec<(String, KeeperError)> {
         let mut failures = Vec::new();
-        for name in self.inner.entries.keys() {
-            if let Err(error) = self.reload(name).await {
-                failures.push((name.to_string(), error));
+        for entry in self.all_entries() {
+            if let Err(error) = self.reload(entry.name.as_str()).await {
+                failures.push((entry.name.to_string(), error));
             }
         }
         failures

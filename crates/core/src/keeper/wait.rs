@@ -24,7 +24,7 @@ impl Keeper {
         min_ttl: Duration,
         wait: Duration,
     ) -> Result<Token, KeeperError> {
-        let entry = self.entry(name)?;
+        let entry = &self.entry(name)?;
         let first = self.current_unless_reauth(name, min_ttl).await;
         if !needs_reauth(&first) {
             return first;

@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod connections;
 mod keys;
 mod listeners;
 mod listing;
