@@ -246,6 +246,24 @@ impl Config {
         Ok(providers)
     }
 
+    /// The upstreams of the providers that name one (the `/proxy` target of their connections).
+    pub fn provider_upstreams(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, authkeeper_server::proxy::Upstream>> {
+        let mut upstreams = std::collections::HashMap::new();
+        for (name, table) in &self.providers {
+            let config: CredentialConfig = toml::Value::Table(table.clone())
+                .try_into()
+                .with_context(|| format!("provider `{name}`"))?;
+            if let Some(upstream) = authkeeper_server::upstream_of(name, &config)
+                .with_context(|| format!("provider `{name}`"))?
+            {
+                upstreams.insert(name.clone(), upstream);
+            }
+        }
+        Ok(upstreams)
+    }
+
     /// Checks the whole file (every section, every URL scheme) without resolving secret
     /// references, and reports every problem at once as a [`ConfigurationError`] (exit 2).
     fn validate(&self) -> Result<(), ConfigurationError> {

@@ -250,7 +250,12 @@ async fn proxy(
         );
     }
     let path_and_query = upstream_path(request.uri());
-    Ok(state.proxy().forward(&name, &path_and_query, request).await)
+    let tags = state.tags(&name);
+    let provider = tags.as_deref().and_then(|tags| tags.provider.as_deref());
+    Ok(state
+        .proxy()
+        .forward_as(&name, provider, &path_and_query, request)
+        .await)
 }
 
 /// The raw (still percent-encoded) path after `/proxy/{name}`, with the query.

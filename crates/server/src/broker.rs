@@ -89,6 +89,8 @@ pub struct BrokerConfig {
     pub credential_tags: HashMap<String, CredentialTags>,
     /// The providers connections are created from (`POST /v1/credentials`), resolved.
     pub providers: HashMap<String, Arc<authkeeper_core::CredentialSettings>>,
+    /// The upstreams of providers that have one: their connections' `/proxy` target.
+    pub provider_upstreams: HashMap<String, Upstream>,
 }
 
 impl BrokerConfig {
@@ -107,8 +109,26 @@ impl BrokerConfig {
             session_maintenance: None,
             credential_tags: HashMap::new(),
             providers: HashMap::new(),
+            provider_upstreams: HashMap::new(),
         }
     }
+}
+
+/// The upstream of a provider (or credential) `config` names, without a session's identity: the
+/// base URL, how the token is presented, the egress proxy.
+pub fn upstream_of(
+    name: &str,
+    config: &CredentialConfig,
+) -> Result<Option<Upstream>, authkeeper_core::config::ConfigError> {
+    let Some(base) = config.upstream.clone() else {
+        return Ok(None);
+    };
+    Ok(Some(Upstream {
+        base,
+        inject: config.inject.clone(),
+        egress: config.egress(name)?,
+        headers: Vec::new(),
+    }))
 }
 
 /// The provider and labels of every credential that has either, for client scopes
@@ -258,7 +278,8 @@ impl Broker {
         .with_readiness_probe(config.readiness_probe)
         .with_sessions(config.sessions.clone())
         .with_credential_tags(config.credential_tags)
-        .with_providers(config.providers);
+        .with_providers(config.providers)
+        .with_provider_upstreams(config.provider_upstreams)?;
         let janitor = match (&config.sessions, config.session_maintenance) {
             (Some(pool), Some(every)) => Some(pool.clone().spawn_maintenance(every)),
             _ => None,

@@ -27,7 +27,9 @@ pub mod state;
 
 pub use app::router;
 pub use auth::{ClientIdentity, ClientKeys, CredentialTags, NewKey};
-pub use broker::{BoundAddr, Broker, BrokerConfig, BrokerError, serve, tags_from, upstreams_from};
+pub use broker::{
+    BoundAddr, Broker, BrokerConfig, BrokerError, serve, tags_from, upstream_of, upstreams_from,
+};
 pub use config::{ClientConfig, Listen, ServerConfig, TlsConfig};
 pub use metrics::Metrics;
 pub use problem::{Problem, ProblemType};

@@ -171,17 +171,7 @@ impl Proxy {
         let mut egress = HashMap::new();
         for (name, upstream) in &upstreams {
             if let Some(proxy) = &upstream.egress {
-                let through = reqwest::Proxy::all(proxy.expose_url())
-                    .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))?;
-                let client = reqwest::Client::builder()
-                    .no_proxy()
-                    .proxy(through)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(config.timeout)
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .build()
-                    .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))?;
-                egress.insert(name.clone(), client);
+                egress.insert(name.clone(), egress_client(proxy, &config)?);
             }
         }
         Ok(Proxy {
@@ -194,6 +184,68 @@ impl Proxy {
                 egress,
             }),
         })
+    }
+
+    /// Adds the upstreams of providers (`[providers.NAME] upstream`), used for credentials
+    /// without one of their own that belong to such a provider — connections created through
+    /// the API ([`Proxy::forward_as`]). Call before the proxy is shared.
+    pub fn add_provider_upstreams(
+        &mut self,
+        providers: HashMap<String, Upstream>,
+    ) -> Result<(), ProxyError> {
+        let Some(inner) = Arc::get_mut(&mut self.inner) else {
+            tracing::warn!("provider upstreams added to a proxy already in use: ignored");
+            return Ok(());
+        };
+        for (provider, upstream) in providers {
+            let key = provider_key(&provider);
+            if let Some(proxy) = &upstream.egress {
+                inner
+                    .egress
+                    .insert(key.clone(), egress_client(proxy, &inner.config)?);
+            }
+            inner
+                .routes
+                .insert(key.clone(), Route::new(&key, &upstream)?);
+        }
+        Ok(())
+    }
+
+    /// Whether a request for `credential` of `provider` has an upstream to go to.
+    pub fn has_route(&self, credential: &str, provider: Option<&str>) -> bool {
+        self.inner.routes.contains_key(credential)
+            || provider.is_some_and(|p| self.inner.routes.contains_key(&provider_key(p)))
+    }
+
+    /// [`Proxy::forward`] for `credential` of `provider`: its own upstream, else its
+    /// provider's.
+    pub async fn forward_as(
+        &self,
+        credential: &str,
+        provider: Option<&str>,
+        path_and_query: &str,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        if self.inner.routes.contains_key(credential) {
+            return self.forward(credential, path_and_query, request).await;
+        }
+        let Some(key) = provider.map(provider_key) else {
+            return self.forward(credential, path_and_query, request).await;
+        };
+        let Some(route) = self.inner.routes.get(&key) else {
+            return self.forward(credential, path_and_query, request).await;
+        };
+        let response = match self
+            .exchange(credential, &key, route, path_and_query, request)
+            .await
+        {
+            Ok(response) => response,
+            Err(problem) => problem.into_response(),
+        };
+        if let Some(observer) = &self.inner.observer {
+            observer.proxy_response(credential, response.status().as_u16());
+        }
+        response
     }
 
     /// The proxy's limits.
@@ -220,7 +272,7 @@ impl Proxy {
                 .into_response();
         };
         let response = match self
-            .exchange(credential, route, path_and_query, request)
+            .exchange(credential, credential, route, path_and_query, request)
             .await
         {
             Ok(response) => response,
@@ -236,6 +288,7 @@ impl Proxy {
     async fn exchange(
         &self,
         name: &str,
+        route_key: &str,
         route: &Route,
         path_and_query: &str,
         request: Request<Body>,
@@ -293,7 +346,7 @@ impl Proxy {
             };
             let request = build_request(route, &method, &target, headers, &token, body)
                 .map_err(|problem| problem.with_credential(name))?;
-            let response = self.send(name, request).await?;
+            let response = self.send(name, route_key, request).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried && token_refused(&response)
             {
                 let generation = token.generation();
@@ -326,10 +379,11 @@ impl Proxy {
     async fn send(
         &self,
         name: &str,
+        route_key: &str,
         request: Request<OutgoingBody>,
     ) -> Result<Response<Body>, Problem> {
         let timeout = self.inner.config.timeout;
-        if let Some(client) = self.inner.egress.get(name) {
+        if let Some(client) = self.inner.egress.get(route_key) {
             return self.send_through(name, client, request).await;
         }
         match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
@@ -391,6 +445,28 @@ impl Proxy {
             .with_credential(name)),
         }
     }
+}
+
+/// The route key of a provider's upstream (credential names contain no `:`).
+fn provider_key(provider: &str) -> String {
+    format!("provider:{provider}")
+}
+
+/// An HTTP client that goes out through `proxy` only (never directly).
+fn egress_client(
+    proxy: &authkeeper_core::egress::ProxyUrl,
+    config: &ProxyConfig,
+) -> Result<reqwest::Client, ProxyError> {
+    let through = reqwest::Proxy::all(proxy.expose_url())
+        .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .proxy(through)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.timeout)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build()
+        .map_err(|_| ProxyError::Egress(proxy.redacted().to_owned()))
 }
 
 /// Whether a 401 says the token is invalid or expired (so a refresh can help).

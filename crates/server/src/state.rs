@@ -169,9 +169,31 @@ impl AppState {
         &self.inner.proxy
     }
 
-    /// Whether `credential` has an `upstream` (is reachable through `/proxy`).
+    /// Whether `credential` has an `upstream`, its own or its provider's (is reachable through
+    /// `/proxy`).
     pub fn has_upstream(&self, credential: &str) -> bool {
         self.inner.upstreams.contains_key(credential)
+            || self.inner.proxy.has_route(
+                credential,
+                self.tags(credential)
+                    .as_deref()
+                    .and_then(|tags| tags.provider.as_deref()),
+            )
+    }
+
+    /// Adds the upstreams of providers for their connections (call before the state is
+    /// shared).
+    pub fn with_provider_upstreams(
+        mut self,
+        upstreams: HashMap<String, Upstream>,
+    ) -> Result<AppState, StateError> {
+        if upstreams.is_empty() {
+            return Ok(self);
+        }
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.proxy.add_provider_upstreams(upstreams)?;
+        }
+        Ok(self)
     }
 
     /// The `[server]` settings.

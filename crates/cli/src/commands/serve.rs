@@ -73,6 +73,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCod
         session_maintenance,
         credential_tags: tags_from(&context.config.credentials),
         providers: context.config.resolved_providers()?,
+        provider_upstreams: context.config.provider_upstreams()?,
     };
     let broker = Broker::start(keeper, config)
         .await

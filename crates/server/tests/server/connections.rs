@@ -59,6 +59,12 @@ async fn broker(idp: &MockIdp, store: Arc<dyn Store>) -> Broker {
                 client("reader", READER, &["*"], false),
             ],
             providers,
+            provider_upstreams: HashMap::from([(
+                "mock".to_owned(),
+                authkeeper_server::upstream_of("mock", &config)
+                    .expect("upstream")
+                    .expect("the provider has one"),
+            )]),
             ..BrokerConfig::new(store)
         },
     )
@@ -217,6 +223,11 @@ async fn connections_are_created_used_changed_shared_and_deleted() {
         )
         .await;
     assert_eq!(inside.status(), 201);
+    // The injecting proxy serves a connection through its provider's upstream.
+    let proxied = api
+        .send("GET", "/proxy/u3/api/resource", WRITER, None)
+        .await;
+    assert_eq!(proxied.status(), 200, "through the provider's upstream");
     assert_eq!(api.names("provider=mock").await, ["u1", "u3"]);
     assert_eq!(api.names("label=tenant=1").await, ["u1", "u3"]);
 
