@@ -243,15 +243,15 @@ async fn proxy(
     Authorized { name, .. }: Authorized<ProxyTo>,
     request: Request,
 ) -> Result<Response, Problem> {
-    if !state.has_upstream(&name) {
+    let tags = state.tags(&name);
+    let provider = tags.as_deref().and_then(|tags| tags.provider.as_deref());
+    if !state.proxy().has_route(&name, provider) {
         return Err(
             Problem::not_found("this credential has no upstream to proxy to")
                 .with_credential(name.as_str()),
         );
     }
     let path_and_query = upstream_path(request.uri());
-    let tags = state.tags(&name);
-    let provider = tags.as_deref().and_then(|tags| tags.provider.as_deref());
     Ok(state
         .proxy()
         .forward_as(&name, provider, &path_and_query, request)

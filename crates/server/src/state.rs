@@ -83,7 +83,6 @@ struct Inner {
     keys: ClientKeys,
     metrics: Arc<Metrics>,
     proxy: Proxy,
-    upstreams: HashMap<String, ()>,
     config: ServerConfig,
     readiness: Readiness,
     probe: Option<Arc<dyn ReadinessProbe>>,
@@ -115,7 +114,6 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
         let keys = ClientKeys::new(clients)?;
-        let names = upstreams.keys().map(|k| (k.clone(), ())).collect();
         let observer: Arc<dyn crate::proxy::ProxyObserver> = metrics.clone();
         let proxy = Proxy::new(
             keeper.clone(),
@@ -133,7 +131,6 @@ impl AppState {
                 keys,
                 metrics,
                 proxy,
-                upstreams: names,
                 config,
                 readiness: Readiness::default(),
                 probe: None,
@@ -167,18 +164,6 @@ impl AppState {
     /// The reverse proxy.
     pub fn proxy(&self) -> &Proxy {
         &self.inner.proxy
-    }
-
-    /// Whether `credential` has an `upstream`, its own or its provider's (is reachable through
-    /// `/proxy`).
-    pub fn has_upstream(&self, credential: &str) -> bool {
-        self.inner.upstreams.contains_key(credential)
-            || self.inner.proxy.has_route(
-                credential,
-                self.tags(credential)
-                    .as_deref()
-                    .and_then(|tags| tags.provider.as_deref()),
-            )
     }
 
     /// Adds the upstreams of providers for their connections (call before the state is
